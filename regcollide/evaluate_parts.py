@@ -1,0 +1,163 @@
+"""The six parts of an eval entry, each a small function returning a :class:`PartOutcome`.
+
+Per-sample parts (clean accuracy, PGD, AutoAttack) run on this process's shard of the test set and are
+merged across processes; per-model parts (audit, Null-space search, polytope search) are deterministic
+functions of the weights and run on the main process only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from regcollide.evaluate_settings import EvalSettings, PartOutcome
+
+
+def shard(images: torch.Tensor, labels: torch.Tensor, accelerator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's contiguous slice of the test set (all of it without accelerate)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return images, labels
+    with accelerator.split_between_processes(list(range(len(labels)))) as idx:
+        idx = torch.as_tensor(idx, dtype=torch.long)
+    return images[idx], labels[idx]
+
+
+def gather_objects(obj: Any, accelerator=None) -> list:
+    """One object per process, in process order (a one-element list without accelerate)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return [obj]
+    return accelerator.gather_for_metrics([obj], use_gather_object=True)
+
+
+@torch.no_grad()
+def predictions(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Predicted classes (N,), batched so large test sets fit in memory."""
+    out = [model(images[i:i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)]
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+def run_clean(model, images, labels, settings: EvalSettings, accelerator=None) -> PartOutcome:
+    x, y = shard(images, labels, accelerator)
+    correct = (predictions(model, x, settings.batch_size) == y).tolist()
+    flags = [c for part in gather_objects(correct, accelerator) for c in part]
+    return PartOutcome(value=sum(flags) / len(flags), extra={"n": len(flags)})
+
+
+def _weighted(values: list[float | None], weights: list[int]) -> float | None:
+    pairs = [(v, w) for v, w in zip(values, weights) if v is not None and not _isnan(v) and w > 0]
+    total = sum(w for _, w in pairs)
+    return sum(v * w for v, w in pairs) / total if total else None
+
+
+def _isnan(v: Any) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+def merge_shards(results: list[dict], sizes: list[int]) -> dict:
+    """Merge per-shard evaluator dicts into one dict for the whole test set.
+
+    Rates (accuracies, curve success rates) are exact size-weighted means. Medians and means over
+    successful samples cannot be recovered exactly from shard summaries, so they become size-weighted
+    means of the shard values and the merged dict carries a flag saying so.
+    """
+    if len(results) == 1:
+        return results[0]
+    merged = dict(results[0])
+    approximated = []
+    for key, first in results[0].items():
+        values = [r.get(key) for r in results]
+        if isinstance(first, (int, float)) and not isinstance(first, bool) and key.endswith("acc"):
+            merged[key] = _weighted(values, sizes)
+        elif isinstance(first, (int, float)) and not isinstance(first, bool) and len(set(values)) > 1:
+            merged[key] = _weighted(values, sizes)
+            approximated.append(key)
+        elif key == "curve" and isinstance(first, list):
+            merged[key] = [dict(point, success_rate=_weighted([r[key][i]["success_rate"] for r in results],
+                                                             sizes))
+                           for i, point in enumerate(first)]
+        elif key == "flags" and isinstance(first, list):
+            merged[key] = sorted({f for r in results for f in r.get(key, [])})
+    if approximated:
+        merged.setdefault("flags", [])
+        merged["flags"] = list(merged["flags"]) + [
+            (f"sharded over {len(results)} processes: {', '.join(approximated)} are size-weighted means of "
+            "per-shard values, not exact")]
+    merged["n"] = sum(sizes)
+    return merged
+
+
+def _sharded_evaluator(fn, images, labels, accelerator, **kwargs) -> PartOutcome:
+    x, y = shard(images, labels, accelerator)
+    result = fn(x, y, **kwargs).to_dict() if len(y) else None
+    gathered = [r for r in gather_objects((result, len(y)), accelerator) if r[0] is not None]
+    return PartOutcome(value=merge_shards([r for r, _ in gathered], [n for _, n in gathered]))
+
+
+def _import_evaluate_pgd():
+    # The PGD-ease evaluator may live beside the attack (pgd.py) or in its own file (ease.py).
+    try:
+        from regcollide.attacks.pgd import evaluate_pgd
+    except ImportError:
+        from regcollide.attacks.ease import evaluate_pgd
+    return evaluate_pgd
+
+
+def run_pgd(model, images, labels, settings: EvalSettings, accelerator=None) -> PartOutcome:
+    evaluate_pgd = _import_evaluate_pgd()
+
+    def call(x, y, **kw):
+        return evaluate_pgd(model, x, y, **kw)
+
+    return _sharded_evaluator(call, images, labels, accelerator, norm=settings.norm, eps=settings.eps,
+                              steps=settings.pgd_steps, restarts=settings.pgd_restarts)
+
+
+def run_autoattack(model, images, labels, settings: EvalSettings, accelerator=None) -> PartOutcome:
+    from regcollide.attacks.autoattack import evaluate_autoattack
+
+    def call(x, y, **kw):
+        return evaluate_autoattack(model, x, y, **kw)
+
+    return _sharded_evaluator(call, images, labels, accelerator, norm=settings.norm, eps=settings.eps,
+                              seed=settings.seed)
+
+
+def run_audit(model, input_shape: tuple[int, ...]) -> PartOutcome:
+    from regcollide.spectrum import audit
+
+    return PartOutcome(value=audit(model, input_shape).to_dict())
+
+
+def run_nullspace(model, images, labels, settings: EvalSettings, audit: dict | None) -> PartOutcome:
+    if audit is not None and audit.get("first_nullity") == 0:
+        return PartOutcome(reason="nullity(W1) = 0: the first layer has a trivial kernel, so there is "
+                                  "no null space to search")
+    from regcollide.attacks.nullspace import evaluate_nullspace
+
+    n = min(settings.nullspace_n, len(labels))
+    return _applicable(lambda: evaluate_nullspace(model, images[:n], labels[:n], n=n))
+
+
+def run_polytope(model, images, labels, settings: EvalSettings) -> PartOutcome:
+    if not any(isinstance(m, nn.ReLU) for m in model.modules()):
+        return PartOutcome(reason="model has no nn.ReLU layer: the polytope search of Li et al. needs a "
+                                  "ReLU pre-activation to pin the activation pattern")
+    from regcollide.attacks.polytope import evaluate_polytope
+
+    return _applicable(lambda: evaluate_polytope(model, images, labels, vertices=settings.polytope_vertices,
+                                                 samples=settings.polytope_samples))
+
+
+def _applicable(call) -> PartOutcome:
+    """Run an evaluator; a ValueError/NotImplementedError means 'does not apply to this model'.
+
+    Evaluators raise those for models outside their scope (documented in their docstrings). The entry
+    records the message instead of failing; any other exception is a bug and propagates.
+    """
+    try:
+        return PartOutcome(value=call().to_dict())
+    except (ValueError, NotImplementedError) as err:
+        return PartOutcome(reason=f"{type(err).__name__}: {err}")
