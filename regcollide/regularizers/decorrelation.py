@@ -1,0 +1,119 @@
+"""Hyperplane decorrelation: a one-sided penalty on near-collinear hidden-unit hyperplanes.
+
+Li, Zhang & Malik ("Approximate Feature Collisions in Neural Nets", NeurIPS 2019) build colliding inputs
+from polytopes whose size grows when the hyperplanes of a ReLU layer are nearly collinear, and suggest
+discouraging exactly that. The penalty follows OrthoReg (Rodríguez, Gonzàlez, Cucurull, Gonfaus & Roca,
+"Regularizing CNNs with Locally Constrained Decorrelations", ICLR 2017): for each pair of rows (units) of a
+layer matrix with cosine similarity c, it charges
+
+    ( softplus(κ (c⁺ − τ)) − softplus(−κ τ) ) / κ,        c⁺ = max(c, 0)
+
+averaged over pairs, then over layers. Large κ makes it focus on the most collinear pairs; τ shifts where
+the charge starts to bite. Subtracting the constant makes the penalty exactly 0 whenever no cosine is
+positive (an orthogonal matrix is a minimiser) and leaves the gradient for c > 0 unchanged.
+
+Only *positive* cosines are charged. Opposite-pointing pairs are free, because they help injectivity: the
+ReLU layer x ↦ ReLU([B; −B] x) is globally injective for any injective B (Puthawala, Kothari, Lassas,
+Dokmanić & de Hoop, "Globally Injective ReLU Networks", JMLR 2022), and a pure cosine penalty would push
+those pairs apart.
+
+With ``use_bias`` the bias is appended to each row, so affine hyperplanes {x : wᵀx + b = 0} are compared
+and not just their normals (two parallel units with different offsets are not redundant).
+
+Wide layers: with m rows there are m(m−1)/2 pairs. When that exceeds ``max_pairs`` the penalty samples
+``max_pairs`` pairs uniformly with replacement, so its expectation equals the full mean over pairs (an
+unbiased estimate), at O(max_pairs · in) cost instead of O(m² · in).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from regcollide.layers import WeightLayer
+from regcollide.regularizers.base import Regularizer, check_positive, zero_like
+from regcollide.regularizers.selection import layer_stacks, select_layers
+
+
+def layer_rows(layer: WeightLayer, convention: str, use_bias: bool) -> list[Tensor]:
+    """The unit hyperplanes of a layer, one ``(m, n)`` matrix per block (bias appended on request)."""
+    stacks = layer_stacks(layer, convention)  # [(G, m, n)]
+    blocks = [block for stack in stacks for block in stack.unbind(0)]
+    bias = getattr(layer.module, "bias", None)
+    if not use_bias or layer.kind.startswith("mha") or layer.kind.startswith("convtranspose") \
+            or not isinstance(bias, Tensor):
+        return blocks  # MHA in-proj / transposed-conv rows do not own one bias entry each
+    per_block = bias.chunk(len(blocks))
+    return [torch.cat([block, part.unsqueeze(1)], dim=1) for block, part in zip(blocks, per_block)]
+
+
+def one_sided_charge(cosines: Tensor, kappa: float, tau: float) -> Tensor:
+    """Per-pair charge, 0 for c ≤ 0, increasing for c > 0."""
+    positive = cosines.clamp_min(0)
+    floor = math.log1p(math.exp(-kappa * tau))  # softplus(−κτ), the charge at c = 0
+    return (F.softplus(kappa * (positive - tau)) - floor) / kappa
+
+
+def pairwise_cosines(rows: Tensor, max_pairs: int, generator: torch.Generator | None = None) -> Tensor:
+    """Cosines of all unordered row pairs ``(m(m−1)/2,)``, or of ``max_pairs`` uniformly sampled pairs."""
+    m = rows.shape[0]
+    unit = rows / rows.norm(dim=1, keepdim=True).clamp_min(torch.finfo(rows.dtype).tiny)  # (m, n)
+    if m * (m - 1) // 2 <= max_pairs:
+        first, second = torch.triu_indices(m, m, offset=1, device=rows.device)
+        return (unit @ unit.T)[first, second]
+    # Uniform unordered pair: i uniform, j uniform over the other m − 1 rows.
+    first = torch.randint(0, m, (max_pairs,), generator=generator, device="cpu").to(rows.device)
+    offset = torch.randint(1, m, (max_pairs,), generator=generator, device="cpu").to(rows.device)
+    second = (first + offset) % m
+    return (unit[first] * unit[second]).sum(dim=1)
+
+
+def max_positive_cosine(rows: Tensor) -> Tensor:
+    """Mean over rows of max(0, largest cosine with another row): how collinear the nearest pair is."""
+    unit = rows / rows.norm(dim=1, keepdim=True).clamp_min(torch.finfo(rows.dtype).tiny)
+    cosines = unit @ unit.T  # (m, m)
+    cosines.fill_diagonal_(-1.0)
+    return cosines.max(dim=1).values.clamp_min(0).mean()
+
+
+class HyperplaneDecorrelation(Regularizer):
+    """One-sided OrthoReg-style decorrelation of the rows of every selected layer matrix.
+
+    Args:
+        kappa: sharpness κ of the softplus (larger: closer to a hinge at τ).
+        tau: cosine offset τ in [0, 1) where the charge's softplus is centred.
+        use_bias: append the bias to each row (compare hyperplanes, not only normals).
+        max_pairs: exact mean over pairs up to this many pairs per block, unbiased sampling above.
+        convention: ``paper`` or ``grouped`` layer matrices (as in the audit).
+        layers: regex on layer names; empty selects all weight layers.
+        seed: seed of the pair sampler (reproducible runs).
+    """
+
+    name = "decorrelation"
+
+    def __init__(self, kappa: float = 10.0, tau: float = 0.0, use_bias: bool = False,
+                 max_pairs: int = 8192, convention: Literal["paper", "grouped"] = "paper", layers: str = "", seed: int = 0):
+        check_positive("kappa", kappa)
+        check_positive("max_pairs", max_pairs)
+        if not 0 <= tau < 1:
+            raise ValueError(f"tau must be in [0, 1), got {tau!r}")
+        self.kappa, self.tau, self.use_bias, self.max_pairs = float(kappa), float(tau), use_bias, max_pairs
+        self.convention, self.layers, self.seed = convention, layers, seed
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def penalty_of(self, rows: Tensor) -> Tensor:
+        """Mean charge over the row pairs of one ``(m, n)`` matrix (sampled when there are many)."""
+        if rows.shape[0] < 2:
+            return rows.new_zeros(())
+        cosines = pairwise_cosines(rows, self.max_pairs, self._generator)
+        return one_sided_charge(cosines, self.kappa, self.tau).mean()
+
+    def __call__(self, model: nn.Module, batch: dict[str, Tensor], outputs: Tensor) -> Tensor:
+        terms = [self.penalty_of(rows) for layer in select_layers(model, self.layers)
+                 for rows in layer_rows(layer, self.convention, self.use_bias) if rows.shape[0] >= 2]
+        return torch.stack(terms).mean() if terms else zero_like(outputs)
+
