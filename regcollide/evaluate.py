@@ -167,13 +167,15 @@ def _reuse_cached(previous: dict | None, hashes: dict[str, str]) -> dict[str, Pa
 
 
 def _training_recipe(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in ("model", "data", "seed", "name")}
+    # The recipe is what shaped the weights; where the run was written and how it was evaluated are not.
+    return {k: v for k, v in config.items()
+            if k not in ("model", "data", "seed", "name", "run_name", "out_dir", "eval")}
 
 
 def _entry(run_dir, config, data_spec, settings, w_hash, hashes, outcomes) -> dict[str, Any]:
     model_cfg = config.get("model", {})
     entry: dict[str, Any] = {
-        "name": config.get("name") or run_dir.name,
+        "name": config.get("run_name") or config.get("name") or run_dir.name,
         "run_dir": str(run_dir),
         "model": model_cfg.get("name"),
         "width": model_cfg.get("width"),
