@@ -129,12 +129,23 @@ def _run_part(part: str, model, images, labels, settings: EvalSettings, config: 
 def _per_model_part(part, model, images, labels, settings, config, outcomes) -> PartOutcome:
     assert part in PER_MODEL_PARTS
     if part == "audit":
-        m = config.get("model", {})
-        return parts_.run_audit(model, (m.get("in_chans", 1), m.get("img_size", 28), m.get("img_size", 28)))
+        return parts_.run_audit(model, _input_shape(config, settings))
     if part == "nullspace":
         audit = outcomes["audit"].value if "audit" in outcomes else None
         return parts_.run_nullspace(model, images, labels, settings, audit)
     return parts_.run_polytope(model, images[:settings.n], labels[:settings.n], settings)
+
+
+def _input_shape(config: dict, settings: EvalSettings) -> tuple[int, int, int]:
+    """(C, H, W) the model was built for; a resolved config has it, older ones fall back to the data."""
+    m = config.get("model", {})
+    if m.get("in_chans") and m.get("img_size"):
+        return (m["in_chans"], m["img_size"], m["img_size"])
+    from regcollide.data import dataset_info
+
+    info = dataset_info(settings.data or config.get("data", {}).get("spec", "mnist5k"))
+    return (m.get("in_chans") or info.in_chans, m.get("img_size") or info.img_size,
+            m.get("img_size") or info.img_size)
 
 
 def _load_previous(cache: dict | str | Path | None, run_dir: Path) -> dict | None:
