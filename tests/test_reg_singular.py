@@ -5,38 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _train_utils import DUMMY_BATCH, DUMMY_OUT, orthonormal, penalty, random_matrix, with_weight
 from torch import nn
 
 from regcollide.regularizers import build_regularizer
 from regcollide.regularizers.singular import conv_operator_stack
 
 MEASURES = ["ratio", "rms", "logdet"]
-DUMMY_BATCH = {"image": torch.zeros(1, 1), "label": torch.zeros(1, dtype=torch.long),
-               "index": torch.zeros(1, dtype=torch.long)}
-DUMMY_OUT = torch.zeros(1, 2, dtype=torch.float64)
-
-
-def with_weight(module: nn.Module, weight: torch.Tensor) -> nn.Module:
-    """``module`` whose ``weight`` is the given (possibly grad-requiring) tensor, so gradcheck sees through."""
-    del module.weight
-    module.weight = weight
-    return module
-
-
-def penalty(reg, module: nn.Module) -> torch.Tensor:
-    return reg(nn.Sequential(module), DUMMY_BATCH, DUMMY_OUT)
-
-
-def random_matrix(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-def orthonormal(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
-    """A matrix with orthonormal rows (wide) or orthonormal columns (tall)."""
-    q, _ = torch.linalg.qr(random_matrix(max(rows, cols), min(rows, cols), seed))
-    return q if rows >= cols else q.T
-
-
 @pytest.mark.parametrize("measure", MEASURES)
 @pytest.mark.parametrize("shape", [(5, 3), (3, 5), (4, 4)])
 def test_reference_values_from_svd(measure, shape):
@@ -92,14 +67,12 @@ def test_gradcheck_linear_and_conv(measure):
 def circular_conv_matrix(conv: nn.Conv2d, size: int) -> torch.Tensor:
     """Dense matrix of the conv applied with circular padding to a (in, size, size) input."""
     pad = conv.kernel_size[0] // 2
-
-    def apply(flat: torch.Tensor) -> torch.Tensor:
-        image = flat.reshape(1, conv.in_channels, size, size)
-        padded = F.pad(image, (pad, pad, pad, pad), mode="circular")
-        return F.conv2d(padded, conv.weight, groups=conv.groups).flatten()
-
-    return torch.autograd.functional.jacobian(apply, torch.zeros(conv.in_channels * size * size,
-                                                                 dtype=torch.float64))
+    inputs = conv.in_channels * size * size
+    basis = torch.eye(inputs, dtype=torch.float64).reshape(inputs, conv.in_channels, size, size)
+    padded = F.pad(basis, (pad, pad, pad, pad), mode="circular")
+    with torch.no_grad():
+        columns = F.conv2d(padded, conv.weight, groups=conv.groups).flatten(1)  # (inputs, outputs)
+    return columns.T  # (out * size², in * size²): column j is the image of basis vector j
 
 
 @pytest.mark.parametrize("groups", [1, 2])
