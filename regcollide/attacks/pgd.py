@@ -1,0 +1,206 @@
+"""Projected gradient descent (PGD), the first-order adversary of Madry et al.
+
+Reference: A. Madry, A. Makelov, L. Schmidt, D. Tsipras, A. Vladu, "Towards Deep Learning Models
+Resistant to Adversarial Attacks", ICLR 2018.
+
+The evaluation function `evaluate_pgd` (PGD ease: ε*, curve, flags) lives in `regcollide.attacks.ease`
+and is re-exported here so that `regcollide.attacks.pgd.evaluate_pgd` works as CONTRIBUTING.md says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+NORMS = ("linf", "l2")
+
+
+@dataclass
+class PGDOutput:
+    """What one PGD call returns (all on the device of the images)."""
+
+    adv: Tensor  # (N, C, H, W) adversarial examples, inside the ε-ball and [0, 1]
+    success: Tensor  # (N,) bool, the returned example fools the model
+    first_success_step: Tensor  # (N,) int64, gradient steps taken before the first fooling iterate; -1 never
+
+
+class PGD:
+    r"""PGD with L∞ or L2 budget, random start, restarts, untargeted or targeted (Madry et al., ICLR 2018).
+
+    Threat model: white-box, ‖x_adv − x‖ ≤ ε in the chosen norm, x_adv ∈ [0, 1]. Each step ascends the
+    mean cross-entropy (descends it towards the target when targeted) with a signed (L∞) or L2-normalized
+    gradient of size α, then projects onto the ε-ball and clips to [0, 1], in the same order as
+    torchattacks' `PGD` / `PGDL2` (step, project, clip).
+
+    Early stopping (``early_stop=True``, default): a sample counts as broken if *any* iterate
+    (start point included, any restart) fools the model; that iterate is returned and the sample leaves
+    the active batch, so it stops costing compute. With ``early_stop=False`` every sample runs all steps
+    and success means the *last* iterate fools the model, exactly torchattacks' semantics (a sample can be
+    fooled mid-way and recover). Per sample the trajectories are identical in both modes up to the first
+    success, so the early-stop success set is a superset of the last-iterate one.
+
+    Args:
+        model: maps images in [0, 1] to logits (B, K).
+        eps: budget ε in pixel units. (Default: 0.1)
+        alpha: step size; default 2.5·ε/steps (the rule of thumb from Madry et al.'s robustness library).
+        steps: gradient steps per restart. (Default: 40)
+        norm: "linf" or "l2". (Default: "linf")
+        random_start: start uniformly in the L∞ ball, or for L2 at a random direction with radius
+            U(0, 1)·ε (torchattacks' convention). (Default: True)
+        restarts: random restarts; later restarts only run on samples not yet broken. (Default: 1)
+        targeted: push the prediction to ``target_labels`` instead of away from ``labels``.
+        batch_size: samples per chunk; bounds memory. (Default: 256)
+        seed: seeds the random start (a private generator; the global RNG is untouched). (Default: 0)
+        early_stop: see above. (Default: True)
+        progress: show a tqdm bar over chunks. (Default: False)
+
+    Shape:
+        images (N, C, H, W) in [0, 1]; labels (N,) int64; target_labels (N,) int64 or None.
+        ``eps`` passed to the call overrides the budget, as a float or a per-sample (N,) tensor; the step
+        size then scales with it (α/ε is kept fixed).
+
+    Example::
+
+        >>> attack = PGD(model, eps=0.1, steps=40, norm="linf")
+        >>> out = attack(images, labels)
+        >>> robust_acc = 1 - out.success.float().mean()   # on correctly classified inputs
+    """
+
+    def __init__(self, model: nn.Module, eps: float = 0.1, alpha: float | None = None, steps: int = 40,
+                 norm: str = "linf", random_start: bool = True, restarts: int = 1, targeted: bool = False,
+                 batch_size: int = 256, seed: int = 0, early_stop: bool = True, progress: bool = False):
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        if steps < 1 or restarts < 1 or batch_size < 1:
+            raise ValueError("steps, restarts and batch_size must be >= 1")
+        if restarts > 1 and not random_start:
+            raise ValueError("restarts > 1 repeat the same deterministic run; set random_start=True")
+        self.model, self.eps, self.steps, self.norm = model, float(eps), int(steps), norm
+        self.alpha = float(alpha) if alpha is not None else 2.5 * self.eps / self.steps
+        if not self.alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {alpha}")
+        self.random_start, self.restarts, self.targeted = random_start, int(restarts), targeted
+        self.batch_size, self.seed, self.early_stop, self.progress = int(batch_size), seed, early_stop, progress
+
+    def __call__(self, images: Tensor, labels: Tensor, target_labels: Tensor | None = None,
+                 eps: float | Tensor | None = None) -> PGDOutput:
+        _check_inputs(images, labels)
+        if self.targeted != (target_labels is not None):
+            raise ValueError("pass target_labels exactly when targeted=True")
+        n = images.shape[0]
+        eps_all = self.eps if eps is None else eps
+        if isinstance(eps_all, Tensor) and eps_all.shape != (n,):
+            raise ValueError(f"a per-sample eps must have shape ({n},), got {tuple(eps_all.shape)}")
+        adv = images.detach().clone()
+        success = torch.zeros(n, dtype=torch.bool, device=images.device)
+        first = torch.full((n,), -1, dtype=torch.long, device=images.device)
+        gen = torch.Generator(device=images.device).manual_seed(self.seed)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            chunks = range(0, n, self.batch_size)
+            if self.progress:
+                from tqdm.auto import tqdm
+                chunks = tqdm(chunks, desc=f"PGD-{self.steps} {self.norm}", unit="batch")
+            for start in chunks:
+                ids = torch.arange(start, min(start + self.batch_size, n), device=images.device)
+                eps_b = eps_all[ids].to(images.dtype).view(-1, 1, 1, 1) if isinstance(eps_all, Tensor) \
+                    else float(eps_all)
+                tgt = target_labels[ids] if self.targeted else labels[ids]
+                for r in range(self.restarts):
+                    # Noise is drawn for the whole chunk, so a sample's start point does not depend on
+                    # which other samples were already broken.
+                    noise = self._unit_noise(images[ids], gen) if self.random_start else None
+                    todo = ~success[ids]
+                    if todo.any():
+                        self._run(images, ids[todo], tgt[todo], _take(eps_b, todo),
+                                  None if noise is None else noise[todo], r, adv, success, first)
+        finally:
+            self.model.train(was_training)
+        return PGDOutput(adv=adv, success=success, first_success_step=first)
+
+    def _run(self, images, ids, tgt, eps, noise, restart, adv_out, success, first) -> None:
+        """One restart on the samples `ids`; writes results into the output tensors in place."""
+        x = images[ids]  # (B, C, H, W) clean inputs of the active samples
+        alpha = eps * (self.alpha / self.eps)  # float or (B, 1, 1, 1)
+        adv = x.clone() if noise is None else torch.clamp(x + eps * noise, min=0, max=1)
+        for t in range(self.steps + 1):
+            last = t == self.steps
+            adv.requires_grad_(not last)
+            with torch.set_grad_enabled(not last):
+                logits = self.model(adv)  # (B, K); the last forward only checks the final iterate
+            with torch.no_grad():
+                pred = logits.argmax(1)
+                fooled = pred == tgt if self.targeted else pred != tgt
+                new = fooled & (first[ids] < 0)
+                first[ids[new]] = restart * self.steps + t
+            if self.early_stop and fooled.any():
+                adv_out[ids[fooled]] = adv.detach()[fooled]
+                success[ids[fooled]] = True
+            if last:
+                break
+            keep = ~fooled if self.early_stop else torch.ones_like(fooled)
+            if not keep.any():
+                return
+            loss = F.cross_entropy(logits[keep], tgt[keep]) if not keep.all() else F.cross_entropy(logits, tgt)
+            grad = torch.autograd.grad(-loss if self.targeted else loss, adv)[0]
+            if not keep.all():  # drop broken samples so they stop costing compute
+                adv, x, grad, ids, tgt = adv[keep], x[keep], grad[keep], ids[keep], tgt[keep]
+                eps, alpha = _take(eps, keep), _take(alpha, keep)
+            adv = self._step(adv.detach(), x, grad, eps, alpha)
+        if self.early_stop:
+            adv_out[ids[~fooled]] = adv.detach()[~fooled]
+        else:
+            adv_out[ids] = adv.detach()
+            success[ids[fooled]] = True
+            first[ids[~fooled]] = -1  # fooled mid-way but recovered: not a success in this mode
+
+    def _step(self, adv: Tensor, x: Tensor, grad: Tensor, eps, alpha) -> Tensor:
+        """Ascent step, projection onto the ε-ball, clip to [0, 1] (torchattacks' order)."""
+        if self.norm == "linf":
+            adv = adv + alpha * grad.sign()
+            delta = torch.clamp(adv - x, min=-eps, max=eps)
+        else:
+            b = adv.shape[0]
+            grad = grad / (grad.reshape(b, -1).norm(p=2, dim=1) + 1e-10).view(b, 1, 1, 1)
+            adv = adv + alpha * grad
+            delta = adv - x
+            norms = delta.reshape(b, -1).norm(p=2, dim=1).view(b, 1, 1, 1)
+            delta = delta * torch.clamp(eps / norms, max=1.0)
+        return torch.clamp(x + delta, min=0, max=1).detach()
+
+    def _unit_noise(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        """Start offsets for ε = 1 (scaled by each sample's ε later). (B, C, H, W)"""
+        if self.norm == "linf":
+            return torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1
+        b = x.shape[0]
+        d = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        r = torch.rand((b, 1, 1, 1), generator=gen, device=x.device, dtype=x.dtype)
+        return d / d.reshape(b, -1).norm(p=2, dim=1).view(b, 1, 1, 1) * r
+
+
+def _take(value, mask: Tensor):
+    """Select rows of a per-sample tensor; pass python floats through."""
+    return value[mask] if isinstance(value, Tensor) else value
+
+
+def _check_inputs(images: Tensor, labels: Tensor) -> None:
+    if images.dim() != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    if labels.shape != (images.shape[0],):
+        raise ValueError(f"labels must be ({images.shape[0]},), got {tuple(labels.shape)}")
+    if images.numel() and (images.min() < 0 or images.max() > 1):
+        raise ValueError("images must be in [0, 1]; put any normalization inside the model")
+
+
+def __getattr__(name: str):
+    # Lazy re-export: ease.py imports this module, so a top-level import would be circular.
+    if name in ("evaluate_pgd", "PGDResult"):
+        from regcollide.attacks import ease
+        return getattr(ease, name)
+    raise AttributeError(name)
