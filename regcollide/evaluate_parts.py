@@ -7,6 +7,7 @@ functions of the weights and run on the main process only.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -71,6 +72,12 @@ def merge_shards(results: list[dict], sizes: list[int]) -> dict:
         values = [r.get(key) for r in results]
         if isinstance(first, (int, float)) and not isinstance(first, bool) and key.endswith("acc"):
             merged[key] = _weighted(values, sizes)
+        elif key == "mean_steps_to_success":
+            # A mean over the samples broken at eps: weight each shard by how many it broke.
+            broken = [((r.get("clean_acc") or 0) - (r.get("robust_acc") or 0)) * n for r, n in zip(results, sizes)]
+            merged[key] = _weighted(values, [round(b) for b in broken])
+        elif key in ("n", "n_censored"):
+            merged[key] = sum(r.get(key) or 0 for r in results)
         elif isinstance(first, (int, float)) and not isinstance(first, bool) and len(set(values)) > 1:
             merged[key] = _weighted(values, sizes)
             approximated.append(key)
@@ -79,7 +86,11 @@ def merge_shards(results: list[dict], sizes: list[int]) -> dict:
                                                              sizes))
                            for i, point in enumerate(first)]
         elif key == "flags" and isinstance(first, list):
-            merged[key] = sorted({f for r in results for f in r.get(key, [])})
+            # Flags are dicts ({"id", "message"}); keep each distinct one once, in first-seen order.
+            seen = {json.dumps(f, sort_keys=True): f for r in results for f in r.get(key, [])}
+            merged[key] = list(seen.values())
+        elif isinstance(first, list) and key not in ("curve",):
+            merged[key] = [v for r in results for v in r.get(key, [])]   # per-sample lists, e.g. eps_star
     if approximated:
         merged.setdefault("flags", [])
         merged["flags"] = list(merged["flags"]) + [
@@ -112,7 +123,8 @@ def run_pgd(model, images, labels, settings: EvalSettings, accelerator=None) -> 
         return evaluate_pgd(model, x, y, **kw)
 
     return _sharded_evaluator(call, images, labels, accelerator, norm=settings.norm, eps=settings.eps,
-                              steps=settings.pgd_steps, restarts=settings.pgd_restarts)
+                              steps=settings.pgd_steps, restarts=settings.pgd_restarts, seed=settings.seed,
+                              batch_size=settings.batch_size, check_n=settings.pgd_check_n)
 
 
 def run_autoattack(model, images, labels, settings: EvalSettings, accelerator=None) -> PartOutcome:

@@ -36,6 +36,7 @@ class EvalSettings:
     eps: float = 0.1
     pgd_steps: int = 20
     pgd_restarts: int = 1
+    pgd_check_n: int = 100      # images for PGD's sanity checks (each check is one more PGD run)
     autoattack_n: int = 200
     nullspace_n: int = 16
     polytope_vertices: int = 5
@@ -51,7 +52,7 @@ class EvalSettings:
         if self.norm not in ("linf", "l2"):
             raise ValueError(f"norm must be 'linf' or 'l2', got {self.norm!r}")
         for name in ("n", "autoattack_n", "nullspace_n", "polytope_vertices", "polytope_samples",
-                     "batch_size", "pgd_steps", "pgd_restarts"):
+                     "batch_size", "pgd_steps", "pgd_restarts", "pgd_check_n"):
             if getattr(self, name) < 1:
                 raise ValueError(f"eval setting {name} must be >= 1, got {getattr(self, name)}")
         if not self.eps > 0:
@@ -81,7 +82,7 @@ class EvalSettings:
 # The settings each part depends on; anything else may change without invalidating the part.
 _PART_KEYS: dict[str, tuple[str, ...]] = {
     "clean": ("n", "seed"),
-    "pgd": ("n", "seed", "norm", "eps", "pgd_steps", "pgd_restarts"),
+    "pgd": ("n", "seed", "norm", "eps", "pgd_steps", "pgd_restarts", "pgd_check_n"),
     "autoattack": ("autoattack_n", "seed", "norm", "eps"),
     "audit": (),
     "nullspace": ("nullspace_n", "seed"),

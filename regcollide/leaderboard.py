@@ -66,7 +66,8 @@ def flags(entry: dict) -> list[str]:
     """Sanity-check flags raised by the evaluators themselves (PGD, AutoAttack, Null-space)."""
     out = []
     for part in ("pgd", "autoattack", "nullspace", "polytope"):
-        out += [f"{part}: {f}" for f in (_get(entry, part, "flags") or [])]
+        # Evaluator flags are {"id", "message"} dicts (regcollide.attacks.checks); show the id.
+        out += [f"{part}: {f.get('id', f) if isinstance(f, dict) else f}" for f in (_get(entry, part, "flags") or [])]
     return out
 
 

@@ -46,7 +46,7 @@ def _column(pg, key: str) -> list[str]:
 
 
 def test_rows_render_and_header_click_resorts(page, tmp_path):
-    entries = [fake_entry("alpha", aa=0.10, pgd=0.2, nu=3, clean=0.90, pgd_flags=("zero gradients",)),
+    entries = [fake_entry("alpha", aa=0.10, pgd=0.2, nu=3, clean=0.90, pgd_flags=("zero_gradients",)),
                fake_entry("beta", aa=0.40, pgd=0.5, nu=1, clean=0.97),
                fake_entry("gamma", aa=0.25, pgd=0.3, nu=2, clean=0.80),
                fake_entry("delta", aa=None, pgd=0.05, nu=10, clean=0.99)]
@@ -56,7 +56,7 @@ def test_rows_render_and_header_click_resorts(page, tmp_path):
     names = page.eval_on_selector_all("#leaderboard tbody tr", "rows => rows.map(r => r.dataset.name)")
     assert names == ["beta", "gamma", "alpha", "delta"]   # ranked by AutoAttack, PGD-only fallback last
     assert page.locator("#leaderboard tbody tr").first.is_visible()
-    assert "zero gradients" in page.inner_text("#leaderboard")
+    assert "zero_gradients" in page.inner_text("#leaderboard")
 
     header = page.locator("#leaderboard thead th[data-key=clean_acc]")
     header.click()

@@ -23,7 +23,7 @@ def fake_entry(name: str, aa: float | None, pgd: float, nu: int = 2, mu: int = 2
         "clean_acc": clean,
         "pgd": {"norm": "linf", "eps": 0.1, "steps": 10, "restarts": 1, "clean_acc": clean, "robust_acc": pgd,
                 "median_eps_star": eps_star, "mean_steps_to_success": steps, "curve": [],
-                "flags": list(pgd_flags)},
+                "flags": [{"id": f, "message": f"check {f} failed"} for f in pgd_flags]},
         "autoattack": None if aa is None else {"robust_acc": aa, "clean_acc": clean, "flags": []},
         "audit": {"nu": nu, "mu": mu, "n_weights": 3, "nu_frac": nu / 3, "mu_frac": mu / 3,
                   "total_nullity": nullity, "first_nullity": first, "structural_nullity": 8,
@@ -44,7 +44,7 @@ def test_ranked_by_autoattack_with_pgd_fallback():
 
 
 def test_outputs_written(tmp_path):
-    entries = [fake_entry("erm", aa=0.0, pgd=0.01, pgd_flags=("zero gradients",)),
+    entries = [fake_entry("erm", aa=0.0, pgd=0.01, pgd_flags=("zero_gradients",)),
                fake_entry("sing", aa=0.2, pgd=0.3, regs=("singular",), nu=0, mu=0, nullity=0, first=0),
                fake_entry("at", aa=None, pgd=0.6, regs=("pgd_at",))]
     src = tmp_path / "entries"
@@ -63,7 +63,7 @@ def test_outputs_written(tmp_path):
     for header in ("ν", "μ", "Σ nullity", "nullity(W1)", "Null-space exact", "Polytope success %",
                    "Distance ratio", "Flags"):
         assert header in md
-    assert "pgd: zero gradients" in md
+    assert "pgd: zero_gradients" in md
     assert "singular(0.1)" in md and "ERM" in md
 
     with open(paths["csv"]) as f:
