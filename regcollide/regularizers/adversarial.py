@@ -74,22 +74,28 @@ class PGDAdversarialTraining(Regularizer):
         steps: PGD iterations per training step.
         norm: ``linf`` or ``l2``.
         random_start: start from a uniform random point in the ball (Madry et al.).
+        seed: base seed of the random starts (step t uses seed + t, so runs reproduce).
     """
 
     name = "pgd_at"
     replaces_task_loss = True
 
     def __init__(self, eps: float = 0.1, alpha: float | None = None, steps: int = 10,
-                 norm: Literal["linf", "l2"] = "linf", random_start: bool = True):
+                 norm: Literal["linf", "l2"] = "linf", random_start: bool = True, seed: int = 0):
         check_positive("eps", eps)
         check_positive("steps", steps)
         self.eps, self.alpha, self.steps, self.norm, self.random_start = eps, alpha, steps, norm, random_start
+        self.seed, self._calls = seed, 0
 
     def adversarial(self, model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
         from regcollide.attacks.pgd import PGD  # the attack package imports models; keep the registry light
 
+        # Full-length trajectories (no early stop: training wants the loss maximiser, not the first
+        # fooling iterate) and a fresh random start per step (PGD seeds a private generator).
+        self._calls += 1
         attack = PGD(model, eps=self.eps, alpha=default_step(self.eps, self.steps, self.alpha),
-                     steps=self.steps, norm=self.norm, random_start=self.random_start)
+                     steps=self.steps, norm=self.norm, random_start=self.random_start,
+                     batch_size=max(1, len(images)), seed=self.seed + self._calls, early_stop=False)
         return attack(images, labels).adv.detach()
 
     def __call__(self, model: nn.Module, batch: dict[str, Tensor], outputs: Tensor) -> Tensor:

@@ -97,6 +97,7 @@ class Distillation(Regularizer):
         self.temperature, self.alpha, self.robust = float(temperature), float(alpha), robust
         self.eps, self.step_size, self.steps = eps, step_size, steps
         self.feature_weight, self.cache_teacher = float(feature_weight), cache_teacher
+        self._ard_attack = PGDAdversarialTraining(eps=eps, alpha=step_size, steps=steps)  # PGD on the student
         self._student_features: Tensor | None = None
         self._teacher_features: Tensor | None = None
         self._cache: dict[int, tuple[Tensor, Tensor, Tensor | None]] = {}  # index -> (fingerprint, logits, feats)
@@ -161,8 +162,7 @@ class Distillation(Regularizer):
         else:
             student_soft = outputs
             if self.robust == "ard":
-                attack = PGDAdversarialTraining(eps=self.eps, alpha=self.step_size, steps=self.steps)
-                student_soft = model(attack.adversarial(model, images, labels))
+                student_soft = model(self._ard_attack.adversarial(model, images, labels))
             loss = self.alpha * softened_kl(teacher_logits, student_soft, self.temperature) \
                 + (1 - self.alpha) * F.cross_entropy(outputs, labels)
         if self.feature_weight > 0:
