@@ -99,6 +99,7 @@ class Distillation(Regularizer):
         self.feature_weight, self.cache_teacher = float(feature_weight), cache_teacher
         self._ard_attack = PGDAdversarialTraining(eps=eps, alpha=step_size, steps=steps)  # PGD on the student
         self._student_features: Tensor | None = None
+        self._projection: Tensor | None = None
         self._teacher_features: Tensor | None = None
         self._cache: dict[int, tuple[Tensor, Tensor, Tensor | None]] = {}  # index -> (fingerprint, logits, feats)
         self._hooks = [last_linear(self.teacher).register_forward_pre_hook(self._keep_teacher_features)] \
@@ -122,11 +123,19 @@ class Distillation(Regularizer):
     def _keep_teacher_features(self, module: nn.Module, inputs: tuple) -> None:
         self._teacher_features = inputs[0].detach()  # (B, D_teacher)
 
+    def _fingerprints(self, images: Tensor) -> Tensor:
+        """A fixed random projection of each image: flips, shifts and crops change it, unlike a plain sum."""
+        flat = images.detach().flatten(1).double()  # (B, D)
+        if self._projection is None or self._projection.shape[0] != flat.shape[1]:
+            generator = torch.Generator().manual_seed(flat.shape[1])
+            self._projection = torch.rand(flat.shape[1], generator=generator, dtype=torch.float64)
+        return flat @ self._projection.to(flat.device)
+
     def teacher_outputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
         """Teacher logits ``(B, K)`` (and penultimate features) on the clean batch, cached when allowed."""
         images = batch["image"]
         indices = batch.get("index")
-        fingerprints = images.detach().flatten(1).double().sum(dim=1)  # (B,) cheap identity check
+        fingerprints = self._fingerprints(images)  # (B,) cheap identity check
         if self.cache_teacher and indices is not None:
             keys = indices.tolist()
             hits = [self._cache.get(key) for key in keys]
