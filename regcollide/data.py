@@ -201,7 +201,14 @@ def _column(ds: datasets.Dataset, kind: str) -> str:
 
 
 def _to_chw(image) -> np.ndarray:
-    """A PIL image or array -> float32 (C, H, W) in [0, 1]."""
+    """A PIL image, an encoded ``{"bytes", "path"}`` struct (parquet without HF metadata) or an array
+    -> float32 (C, H, W) in [0, 1]."""
+    if isinstance(image, dict) and ("bytes" in image or "path" in image):
+        import io
+
+        from PIL import Image
+
+        image = Image.open(io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"])
     if hasattr(image, "mode"):
         image = image.convert("RGB") if image.mode not in ("L", "RGB") else image
     arr = np.asarray(image)
@@ -252,7 +259,7 @@ def dataset_info(spec: str = "mnist5k") -> DatasetInfo:
     c, h, w = ds.features["image"].shape
     if h != w:
         raise DataError(f"{spec}: images are {h}x{w}; regcollide's models expect square images.")
-    num_classes = int(ds.with_format("numpy")["label"].max()) + 1
+    num_classes = int(_as_tensors(ds)[1].max()) + 1
     return DatasetInfo(spec, num_classes=num_classes, in_chans=int(c), img_size=int(h))
 
 
@@ -265,8 +272,14 @@ def load_tensors(spec: str = "mnist5k", split: str = "test", n: int | None = Non
             raise DataError(f"n must be positive, got {n}.")
         order = np.random.default_rng(seed).permutation(len(ds))[: min(n, len(ds))]
         ds = ds.select(np.sort(order))
-    images = torch.from_numpy(np.ascontiguousarray(ds["image"], dtype=np.float32))
-    labels = torch.from_numpy(np.asarray(ds["label"], dtype=np.int64))
+    return _as_tensors(ds)
+
+
+def _as_tensors(ds: datasets.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole dataset as ``(N, C, H, W)`` float32 images and ``(N,)`` int64 labels."""
+    columns = ds.with_format("numpy")[:]  # one Arrow read; column access would return lazy Column objects
+    images = torch.from_numpy(np.ascontiguousarray(columns["image"], dtype=np.float32))
+    labels = torch.from_numpy(np.asarray(columns["label"], dtype=np.int64))
     return images, labels
 
 
@@ -306,9 +319,7 @@ def make_loader(dataset: datasets.Dataset, batch_size: int, shuffle: bool = Fals
     The images are held in memory (the datasets here are small), and shuffling draws from a generator
     seeded with ``seed``, so the order of every epoch is a function of the seed alone.
     """
-    arrays = dataset.with_format("numpy")
-    images = torch.from_numpy(np.ascontiguousarray(arrays["image"], dtype=np.float32))  # (N, C, H, W)
-    labels = torch.from_numpy(np.asarray(arrays["label"], dtype=np.int64))  # (N,)
+    images, labels = _as_tensors(dataset)  # (N, C, H, W), (N,)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(_IndexedTensors(images, labels), batch_size=batch_size, shuffle=shuffle,
                       generator=generator, drop_last=drop_last, num_workers=num_workers)
@@ -318,8 +329,8 @@ def describe(spec: str) -> dict:
     """Split sizes, image shape and class balance of a spec (for ``regcollide data``)."""
     out: dict = {"spec": spec, "splits": {}}
     for split in ("train", "test"):
-        ds = load_dataset(spec, split).with_format("numpy")
-        labels = np.asarray(ds["label"])
+        ds = load_dataset(spec, split)
+        labels = _as_tensors(ds)[1].numpy()
         counts = np.bincount(labels).tolist()
         out["splits"][split] = {"size": len(ds), "shape": list(ds.features["image"].shape),
                                 "class_counts": counts,

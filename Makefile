@@ -1,0 +1,45 @@
+# Two commands on a fresh machine: `make run` (train the default config) and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+RUN_DIR ?= runs/default
+
+.PHONY: run test study bench table1 lint clean help
+
+help:
+	@echo "make run    - create .venv, install, train configs/default.yaml on mnist5k, print a summary"
+	@echo "make test   - create .venv, install, run the test suite"
+	@echo "make study  - train and evaluate the correlation-study zoo (configs/zoo/), write docs/study/"
+	@echo "make bench  - run the speed benchmarks (benchmarks/)"
+	@echo "make table1 - audit the Table-1 architectures into docs/table1.md"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Reinstall only when the project's metadata changes.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python train/regularized.py --config configs/default.yaml --out $(RUN_DIR)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+study: $(STAMP)
+	$(BIN)/python eval/study.py
+
+bench: $(STAMP)
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+table1: $(STAMP)
+	$(BIN)/python eval/table1.py --out docs/table1.md
+
+lint: $(STAMP)
+	$(BIN)/ruff check regcollide train eval benchmarks tests
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,1 @@
+"""One module per ``regcollide`` command (see ``regcollide/cli.py``)."""
