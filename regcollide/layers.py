@@ -221,6 +221,11 @@ def _run_with_hooks(model: nn.Module, example_input, stop_after_first: bool) -> 
             model(*args)
     except _StopForward:
         pass
+    except Exception as err:  # a wrong input shape surfaces deep inside the model: say what to fix
+        raise ValueError(
+            f"One forward pass of {type(model).__name__} failed ({type(err).__name__}: {err}); "
+            "check the input shape (C, H, W) given for finding W1."
+        ) from err
     finally:
         for handle in handles:
             handle.remove()
