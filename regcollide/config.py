@@ -79,6 +79,7 @@ class TrainConfig:
     progress: bool = True                                                # tqdm bar on the main process
     tensorboard: bool = False                                            # accelerate tracker, if installed
     mixed_precision: str = field(default="no", metadata=_choices("no", "fp16", "bf16"))
+    num_threads: int = field(default=0, metadata=_range(0))              # torch CPU threads; 0: torch's default
 
 
 @dataclass
