@@ -6,6 +6,9 @@ they test the regularizers and nothing else.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,6 +60,22 @@ def train(model: nn.Module, regularizers: list[tuple[float, object]], steps: int
     Batches are seeded index draws, so two runs with the same seed see the same batches in the same order.
     """
     images, labels = mnist_tensors("train", n_train)
+    with single_thread():
+        return _train(model, regularizers, steps, batch_size, lr, seed, images, labels)
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Tiny models gain nothing from a second thread, and on a shared machine it only adds contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(model, regularizers, steps, batch_size, lr, seed, images, labels) -> nn.Module:
     torch.manual_seed(seed)
     for _, reg in regularizers:
         model = reg.setup(model)
