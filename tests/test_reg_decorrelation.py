@@ -67,7 +67,7 @@ def test_gradcheck():
 def test_sampled_pairs_are_unbiased():
     weight = random_matrix(40, 6, seed=4) + 0.5  # many positive cosines
     exact = penalty(build_regularizer("decorrelation"), linear(weight)).item()
-    sampler = build_regularizer("decorrelation", max_pairs=50, seed=1)  # 780 pairs > 50: sampled
+    sampler = build_regularizer("decorrelation", max_rows=10, seed=1)  # 40 rows > 10: row subsets
     draws = torch.tensor([penalty(sampler, linear(weight)).item() for _ in range(400)])
     assert draws.std() > 0  # it really samples
     standard_error = draws.std().item() / math.sqrt(len(draws))

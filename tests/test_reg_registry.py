@@ -69,7 +69,7 @@ def test_unknown_name_lists_valid_names():
     ("singular", {"kappa": 3.0}, "has no parameter 'kappa'"),
     ("singular", {"measure": "svd"}, "parameter 'measure' must be 'ratio'|'rms'|'logdet'"),
     ("decorrelation", {"kappa": "big"}, "parameter 'kappa' must be float"),
-    ("decorrelation", {"max_pairs": 10.5}, "parameter 'max_pairs' must be int"),
+    ("decorrelation", {"max_rows": 10.5}, "parameter 'max_rows' must be int"),
     ("trades", {"steps": True}, "parameter 'steps' must be int"),
     ("distill", {}, "needs parameter\\(s\\) teacher"),
 ])

@@ -20,9 +20,11 @@ those pairs apart.
 With ``use_bias`` the bias is appended to each row, so affine hyperplanes {x : wᵀx + b = 0} are compared
 and not just their normals (two parallel units with different offsets are not redundant).
 
-Wide layers: with m rows there are m(m−1)/2 pairs. When that exceeds ``max_pairs`` the penalty samples
-``max_pairs`` pairs uniformly with replacement, so its expectation equals the full mean over pairs (an
-unbiased estimate), at O(max_pairs · in) cost instead of O(m² · in).
+Wide layers: with m rows there are m(m−1)/2 pairs. When m exceeds ``max_rows`` the penalty draws a
+uniformly random subset of ``max_rows`` rows per step and averages over all pairs inside it. Every pair
+is equally likely to be drawn, so the expectation equals the full mean over pairs (an unbiased estimate),
+at O(max_rows² · in) cost instead of O(m² · in). (Sampling rows rather than independent pairs keeps the
+work in one matmul; scattering gradients of many individually indexed pairs is slower than the exact sum.)
 """
 
 from __future__ import annotations
@@ -58,23 +60,22 @@ def one_sided_charge(cosines: Tensor, kappa: float, tau: float) -> Tensor:
     return (F.softplus(kappa * (positive - tau)) - floor) / kappa
 
 
-def pairwise_cosines(rows: Tensor, max_pairs: int, generator: torch.Generator | None = None) -> Tensor:
-    """Cosines of all unordered row pairs ``(m(m−1)/2,)``, or of ``max_pairs`` uniformly sampled pairs."""
+def unit_rows(rows: Tensor) -> Tensor:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    return rows / rows.norm(dim=1, keepdim=True).clamp_min(torch.finfo(rows.dtype).tiny)
+
+
+def mean_pair_charge(rows: Tensor, kappa: float, tau: float) -> Tensor:
+    """Mean charge over all m(m−1)/2 unordered row pairs of ``rows`` ``(m, n)``: one m × m matmul."""
     m = rows.shape[0]
-    unit = rows / rows.norm(dim=1, keepdim=True).clamp_min(torch.finfo(rows.dtype).tiny)  # (m, n)
-    if m * (m - 1) // 2 <= max_pairs:
-        first, second = torch.triu_indices(m, m, offset=1, device=rows.device)
-        return (unit @ unit.T)[first, second]
-    # Uniform unordered pair: i uniform, j uniform over the other m − 1 rows.
-    first = torch.randint(0, m, (max_pairs,), generator=generator, device="cpu").to(rows.device)
-    offset = torch.randint(1, m, (max_pairs,), generator=generator, device="cpu").to(rows.device)
-    second = (first + offset) % m
-    return (unit[first] * unit[second]).sum(dim=1)
+    unit = unit_rows(rows)
+    charges = one_sided_charge(unit @ unit.T, kappa, tau)  # (m, m), symmetric
+    return charges.triu(diagonal=1).sum() / (m * (m - 1) / 2)
 
 
 def max_positive_cosine(rows: Tensor) -> Tensor:
     """Mean over rows of max(0, largest cosine with another row): how collinear the nearest pair is."""
-    unit = rows / rows.norm(dim=1, keepdim=True).clamp_min(torch.finfo(rows.dtype).tiny)
+    unit = unit_rows(rows)
     cosines = unit @ unit.T  # (m, m)
     cosines.fill_diagonal_(-1.0)
     return cosines.max(dim=1).values.clamp_min(0).mean()
@@ -87,7 +88,7 @@ class HyperplaneDecorrelation(Regularizer):
         kappa: sharpness κ of the softplus (larger: closer to a hinge at τ).
         tau: cosine offset τ in [0, 1) where the charge's softplus is centred.
         use_bias: append the bias to each row (compare hyperplanes, not only normals).
-        max_pairs: exact mean over pairs up to this many pairs per block, unbiased sampling above.
+        max_rows: exact mean over pairs up to this many rows per block; above, a random row subset.
         convention: ``paper`` or ``grouped`` layer matrices (as in the audit).
         layers: regex on layer names; empty selects all weight layers.
         seed: seed of the pair sampler (reproducible runs).
@@ -96,21 +97,23 @@ class HyperplaneDecorrelation(Regularizer):
     name = "decorrelation"
 
     def __init__(self, kappa: float = 10.0, tau: float = 0.0, use_bias: bool = False,
-                 max_pairs: int = 8192, convention: Literal["paper", "grouped"] = "paper", layers: str = "", seed: int = 0):
+                 max_rows: int = 2048, convention: Literal["paper", "grouped"] = "paper", layers: str = "",
+                 seed: int = 0):
         check_positive("kappa", kappa)
-        check_positive("max_pairs", max_pairs)
+        if max_rows < 2:
+            raise ValueError(f"max_rows must be >= 2, got {max_rows!r}")
         if not 0 <= tau < 1:
             raise ValueError(f"tau must be in [0, 1), got {tau!r}")
-        self.kappa, self.tau, self.use_bias, self.max_pairs = float(kappa), float(tau), use_bias, max_pairs
+        self.kappa, self.tau, self.use_bias, self.max_rows = float(kappa), float(tau), use_bias, max_rows
         self.convention, self.layers, self.seed = convention, layers, seed
         self._generator = torch.Generator().manual_seed(seed)
 
     def penalty_of(self, rows: Tensor) -> Tensor:
-        """Mean charge over the row pairs of one ``(m, n)`` matrix (sampled when there are many)."""
-        if rows.shape[0] < 2:
-            return rows.new_zeros(())
-        cosines = pairwise_cosines(rows, self.max_pairs, self._generator)
-        return one_sided_charge(cosines, self.kappa, self.tau).mean()
+        """Mean charge over the row pairs of one ``(m, n)`` matrix (a random row subset when m is large)."""
+        if rows.shape[0] > self.max_rows:
+            chosen = torch.randperm(rows.shape[0], generator=self._generator)[: self.max_rows]
+            rows = rows[chosen.to(rows.device)]  # (max_rows, n)
+        return mean_pair_charge(rows, self.kappa, self.tau)
 
     def __call__(self, model: nn.Module, batch: dict[str, Tensor], outputs: Tensor) -> Tensor:
         terms = [self.penalty_of(rows) for layer in select_layers(model, self.layers)
