@@ -98,9 +98,10 @@ class Distillation(Regularizer):
         self.eps, self.step_size, self.steps = eps, step_size, steps
         self.feature_weight, self.cache_teacher = float(feature_weight), cache_teacher
         self._ard_attack = PGDAdversarialTraining(eps=eps, alpha=step_size, steps=steps)  # PGD on the student
-        self._student_features: Tensor | None = None
+        # Features of the latest forwards, in a dict so checkpointing (which saves tensor attributes)
+        # never tries to serialise a tensor attached to the autograd graph.
+        self._captured: dict[str, Tensor] = {}
         self._projection: Tensor | None = None
-        self._teacher_features: Tensor | None = None
         self._cache: dict[int, tuple[Tensor, Tensor, Tensor | None]] = {}  # index -> (fingerprint, logits, feats)
         self._hooks = [last_linear(self.teacher).register_forward_pre_hook(self._keep_teacher_features)] \
             if self.feature_weight > 0 else []
@@ -118,10 +119,10 @@ class Distillation(Regularizer):
         return model
 
     def _keep_student_features(self, module: nn.Module, inputs: tuple) -> None:
-        self._student_features = inputs[0]  # (B, D_student), still attached to the graph
+        self._captured["student"] = inputs[0]  # (B, D_student), still attached to the graph
 
     def _keep_teacher_features(self, module: nn.Module, inputs: tuple) -> None:
-        self._teacher_features = inputs[0].detach()  # (B, D_teacher)
+        self._captured["teacher"] = inputs[0].detach()  # (B, D_teacher)
 
     def _fingerprints(self, images: Tensor) -> Tensor:
         """A fixed random projection of each image: flips, shifts and crops change it, unlike a plain sum."""
@@ -149,9 +150,11 @@ class Distillation(Regularizer):
                               "are no longer cached", stacklevel=2)
                 self.cache_teacher = False
                 self._cache.clear()
+        if model_device(self.teacher) != images.device:  # e.g. accelerate moved the student after setup
+            self.teacher.to(images.device)
         with torch.no_grad():
             logits = self.teacher(images)  # (B, K)
-        feats = self._teacher_features if self.feature_weight > 0 else None
+        feats = self._captured["teacher"] if self.feature_weight > 0 else None
         if self.cache_teacher and indices is not None:
             for row, key in enumerate(indices.tolist()):
                 self._cache[key] = (fingerprints[row], logits[row],
@@ -159,7 +162,7 @@ class Distillation(Regularizer):
         return logits, feats
 
     def __call__(self, model: nn.Module, batch: dict[str, Tensor], outputs: Tensor) -> Tensor:
-        student_features = self._student_features  # read before any extra student forward overwrites it
+        student_features = self._captured.get("student")  # read before an extra student forward replaces it
         teacher_logits, teacher_features = self.teacher_outputs(batch)
         images, labels = batch["image"], batch["label"]
         if self.robust == "rslad":
