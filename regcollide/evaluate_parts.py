@@ -124,7 +124,8 @@ def run_pgd(model, images, labels, settings: EvalSettings, accelerator=None) -> 
 
     return _sharded_evaluator(call, images, labels, accelerator, norm=settings.norm, eps=settings.eps,
                               steps=settings.pgd_steps, restarts=settings.pgd_restarts, seed=settings.seed,
-                              batch_size=settings.batch_size, check_n=settings.pgd_check_n)
+                              batch_size=settings.batch_size, check_n=settings.pgd_check_n,
+                              bisection_steps=settings.pgd_bisection_steps)
 
 
 def run_autoattack(model, images, labels, settings: EvalSettings, accelerator=None) -> PartOutcome:
@@ -150,7 +151,7 @@ def run_nullspace(model, images, labels, settings: EvalSettings, audit: dict | N
     from regcollide.attacks.nullspace import evaluate_nullspace
 
     n = min(settings.nullspace_n, len(labels))
-    return _applicable(lambda: evaluate_nullspace(model, images[:n], labels[:n], n=n))
+    return _applicable(lambda: evaluate_nullspace(model, images[:n], labels[:n], n=n, seed=settings.seed))
 
 
 def run_polytope(model, images, labels, settings: EvalSettings) -> PartOutcome:
@@ -160,7 +161,9 @@ def run_polytope(model, images, labels, settings: EvalSettings) -> PartOutcome:
     from regcollide.attacks.polytope import evaluate_polytope
 
     return _applicable(lambda: evaluate_polytope(model, images, labels, vertices=settings.polytope_vertices,
-                                                 samples=settings.polytope_samples))
+                                                 samples=settings.polytope_samples,
+                                                 targets=settings.polytope_targets,
+                                                 steps=settings.polytope_steps, seed=settings.seed))
 
 
 def _applicable(call) -> PartOutcome:

@@ -37,10 +37,13 @@ class EvalSettings:
     pgd_steps: int = 20
     pgd_restarts: int = 1
     pgd_check_n: int = 100      # images for PGD's sanity checks (each check is one more PGD run)
+    pgd_bisection_steps: int = 7   # bisection steps of the per-sample smallest ε* search
     autoattack_n: int = 200
     nullspace_n: int = 16
     polytope_vertices: int = 5
     polytope_samples: int = 500
+    polytope_targets: int = 4   # target images of the polytope search (one polytope each)
+    polytope_steps: int = 2000  # optimizer steps per vertex
     batch_size: int = 250
     seed: int = 0
 
@@ -52,7 +55,7 @@ class EvalSettings:
         if self.norm not in ("linf", "l2"):
             raise ValueError(f"norm must be 'linf' or 'l2', got {self.norm!r}")
         for name in ("n", "autoattack_n", "nullspace_n", "polytope_vertices", "polytope_samples",
-                     "batch_size", "pgd_steps", "pgd_restarts", "pgd_check_n"):
+                     "batch_size", "pgd_steps", "pgd_restarts", "pgd_check_n", "polytope_targets", "polytope_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"eval setting {name} must be >= 1, got {getattr(self, name)}")
         if not self.eps > 0:
@@ -82,11 +85,11 @@ class EvalSettings:
 # The settings each part depends on; anything else may change without invalidating the part.
 _PART_KEYS: dict[str, tuple[str, ...]] = {
     "clean": ("n", "seed"),
-    "pgd": ("n", "seed", "norm", "eps", "pgd_steps", "pgd_restarts", "pgd_check_n"),
+    "pgd": ("n", "seed", "norm", "eps", "pgd_steps", "pgd_restarts", "pgd_check_n", "pgd_bisection_steps"),
     "autoattack": ("autoattack_n", "seed", "norm", "eps"),
     "audit": (),
     "nullspace": ("nullspace_n", "seed"),
-    "polytope": ("polytope_vertices", "polytope_samples", "seed"),
+    "polytope": ("n", "polytope_vertices", "polytope_samples", "polytope_targets", "polytope_steps", "seed"),
 }
 
 
