@@ -159,6 +159,11 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         return dict(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # PyYAML reads 1e-3 (no dot) as a string; accept any spelling float() understands
+            return float(value)
+        except ValueError:
+            pass
     if tp is bool and not isinstance(value, bool):
         _fail(key, f"expected true or false, got {value!r}")
     if tp is int and isinstance(value, bool):

@@ -171,6 +171,14 @@ def evaluate_accuracy(model, loader, accelerator: Accelerator) -> float:
     return correct / max(total, 1)
 
 
+def regularizer_term(reg, model, batch, outputs) -> torch.Tensor:
+    """The term, or NaN when its linear algebra fails (diverged weights): reported like a NaN loss."""
+    try:
+        return reg(model, batch, outputs)
+    except torch.linalg.LinAlgError:
+        return outputs.new_full((), float("nan"))
+
+
 def training_step(model, raw_model, batch, regularizers, weights, names) -> tuple[torch.Tensor, torch.Tensor,
                                                                                      torch.Tensor]:
     """Forward pass and total loss; returns (loss, logits (B, K), per-term values (1 + R,))."""
@@ -179,7 +187,7 @@ def training_step(model, raw_model, batch, regularizers, weights, names) -> tupl
     task = outputs.new_zeros(()) if replaced else F.cross_entropy(outputs, batch["label"])
     # Regularizers see the unwrapped module (layer names without DDP's "module." prefix); their gradients
     # still reach DDP's hooks because those hang on the parameters themselves.
-    terms = [reg(raw_model, batch, outputs) for reg in regularizers]
+    terms = [regularizer_term(reg, raw_model, batch, outputs) for reg in regularizers]
     loss = task + sum((w * t for w, t in zip(weights, terms)), outputs.new_zeros(()))
     values = torch.stack([task.detach().float()] + [t.detach().float().reshape(()) for t in terms])
     return loss, outputs, values
