@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from regcollide.config import Config, ConfigError, dump_config, from_dict, load_config, resolve
+from regcollide.config import Config, ConfigError, dump_config, from_dict, instantiate, load_config, resolve
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "train" / "regularized.py"
@@ -73,7 +73,7 @@ def test_resolve_fills_geometry_from_the_dataset():
 def test_shipped_configs_are_valid_and_commented(path):
     cfg = load_config(path)
     if not any(r.name == "distill" for r in cfg.regularizers):  # distill needs its teacher run first
-        resolve(cfg)
+        instantiate(cfg)  # the model and every regularizer with its params build
     for number, line in enumerate(path.read_text().splitlines(), 1):
         code = line.split("#")[0].strip()
         if code and not code.endswith(":") and not code.startswith("- "):  # a value on this line

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import is_tensorboard_available, set_seed
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
@@ -213,6 +213,9 @@ def use_cpu(args: argparse.Namespace) -> bool:
 
 
 def training_function(config: Config, args: argparse.Namespace) -> dict:
+    if config.train.tensorboard and not is_tensorboard_available():
+        raise ConfigError("train.tensorboard: the tensorboard package is not installed; "
+                          "`pip install tensorboard` or set train.tensorboard=false")
     accelerator = Accelerator(cpu=use_cpu(args), mixed_precision=config.train.mixed_precision,
                               log_with="tensorboard" if config.train.tensorboard else None,
                               rng_types=[])  # the sampler is seeded by (seed, epoch): nothing to sync
