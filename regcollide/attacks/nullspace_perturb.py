@@ -133,50 +133,56 @@ def _fit_group(target: np.ndarray, room_low: np.ndarray, room_high: np.ndarray, 
 
 
 def project_into_box(plan: KernelPlan, basis: Tensor, centre: Tensor, delta: Tensor, low: Tensor, high: Tensor,
-                     progress: bool = False) -> Tensor:
+                     progress: bool = False, iters: int = 500, min_share: float = 0.5) -> Tensor:
     """A perturbation in span(basis) (tiled as ``plan`` says) with centre + δ ∈ [low, high], never clipped.
 
-    Groups (patches when they are independent, else whole images) whose requested δ already fits keep it.
-    For the others we solve a small LP (see :func:`_fit_group`): the kernel vector in the box that goes
-    furthest along the requested δ, shrunk to the requested norm. Pixels with low == high == centre stay
-    put (how mode "masked" confines a single-patch plan). A last per-group factor t ∈ [0, 1] absorbs
-    solver tolerance (a scaled kernel vector is still one). ``centre`` must lie in the box.
-    All tensors (N, C, H, W) float64.
+    1. Alternating projections between the subspace and the box, started at the requested δ (a δ that
+       already fits is left unchanged), then a per-group shrink factor t ∈ [0, 1] so the result fits exactly
+       (a scaled kernel vector is still one; groups are patches when patches are independent, else images).
+    2. Groups that kept less than ``min_share`` of the requested norm (alternating projections can drift
+       towards δ = 0 when the box is tight, e.g. black MNIST background) get an LP instead
+       (:func:`_fit_group`): the kernel vector in the box that goes furthest along the requested δ.
+    Pixels with low == high == centre stay put (how mode "masked" confines a single-patch plan).
+    ``centre`` must lie in the box. All tensors (N, C, H, W) float64.
     """
     independent = plan.independent_patches
-    equality = matrix = None
     if independent:
-        equality = plan.extra["folded"].cpu().numpy()  # (out, d) W1·diag(a) of one patch
-        to_groups = plan.untile  # (N, C, H, W) -> (N, L, d)
+        to_groups, from_groups = plan.untile, plan.tile  # (N, C, H, W) <-> (N, L, d)
     else:
-        tiles = plan.tile(basis.unsqueeze(1))  # (m, C, H, W)
-        matrix = tiles.reshape(basis.shape[0], -1).T.cpu().numpy()  # (C·H·W, m)
         to_groups = lambda t: t.reshape(t.shape[0], 1, -1)  # noqa: E731
-    target, c = to_groups(delta), to_groups(centre)
-    room_low, room_high = to_groups(low) - c, to_groups(high) - c  # (N, L, g)
-    fits = ((target >= room_low) & (target <= room_high)).all(dim=2)  # (N, L)
-    fitted = target.clone()
-    todo = (~fits).nonzero().tolist()
-    for i, g in tqdm(todo, disable=not progress, desc="kernel ∩ box", leave=False):
-        found = _fit_group(target[i, g].cpu().numpy(), room_low[i, g].cpu().numpy(),
-                           room_high[i, g].cpu().numpy(), equality, matrix)
-        fitted[i, g] = torch.as_tensor(found, device=delta.device)
-    if independent:  # the LP meets W·δ = 0 only to solver tolerance: project exactly onto the kernel
-        d = plan.tile(fitted @ basis.T @ basis)
-    else:
-        d = fitted.reshape(delta.shape)
-    # the largest t with centre + t·δ inside the box, pixel by pixel, then the minimum over each group;
-    # violations below ROUNDOFF are float64 round-off of the projection and do not count
-    slack_high, slack_low = high - centre + ROUNDOFF, low - centre - ROUNDOFF
-    room = torch.where(d > 0, slack_high / d, torch.where(d < 0, slack_low / d, torch.inf))
-    factor = to_groups(room.clamp(0.0, 1.0)).amin(dim=2, keepdim=True)  # (N, L, 1)
-    if independent:
-        factor = plan.tile(factor.expand(-1, -1, plan.patch_dim).contiguous())
-        if plan.kind == "patchify":  # pixels outside every window carry δ = 0 anyway
-            factor = torch.where(d == 0, torch.zeros_like(factor), factor)
-    else:
-        factor = factor.view(-1, 1, 1, 1)
-    d = d * factor
+        from_groups = lambda g: g.reshape(delta.shape)  # noqa: E731
+
+    def to_subspace(d: Tensor) -> Tensor:
+        return plan.tile(plan.untile(d) @ basis.T @ basis)
+
+    def shrink(d: Tensor) -> Tensor:
+        # the largest t with centre + t·δ in the box, pixel by pixel, then the minimum over each group;
+        # violations below ROUNDOFF are float64 round-off of the projection and do not count
+        room = torch.where(d > 0, (high - centre + ROUNDOFF) / d,
+                           torch.where(d < 0, (low - centre - ROUNDOFF) / d, torch.inf))
+        factor = to_groups(room.clamp(0.0, 1.0)).amin(dim=2, keepdim=True)  # (N, L, 1)
+        return from_groups(to_groups(d) * factor)
+
+    d = to_subspace(delta)
+    for _ in range(iters):
+        boxed = (centre + d).clamp(low, high) - centre
+        if (boxed - d).abs().max() <= ROUNDOFF:
+            break
+        d = to_subspace(boxed)
+    d = shrink(d)
+    wanted = to_groups(delta)
+    groups = to_groups(d)
+    todo = (groups.norm(dim=2) < min_share * wanted.norm(dim=2)).nonzero().tolist()
+    if todo:
+        equality = plan.extra["folded"].cpu().numpy() if independent else None  # (out, d) W1·diag(a)
+        matrix = None if independent else to_groups(plan.tile(basis.unsqueeze(1)))[:, 0].T.cpu().numpy()
+        room_low, room_high = to_groups(low - centre), to_groups(high - centre)
+        for i, g in tqdm(todo, disable=not progress, desc="kernel ∩ box (LP)", leave=False):
+            found = _fit_group(wanted[i, g].cpu().numpy(), room_low[i, g].cpu().numpy(),
+                               room_high[i, g].cpu().numpy(), equality, matrix)
+            groups[i, g] = torch.as_tensor(found, device=delta.device)
+        # the LP meets W·δ = 0 only to solver tolerance: project exactly onto the kernel, then fit again
+        d = shrink(to_subspace(from_groups(groups)))
     # remove the ≤ ROUNDOFF overshoot, far below float32 resolution (6e-8), so x̂ lies exactly in the box
     fixed = (centre + d).clamp(low, high) - centre
     assert (fixed - d).abs().max() <= 2 * ROUNDOFF
