@@ -1,0 +1,72 @@
+"""``regcollide attack polytope``: polytopes of colliding inputs (Li, Zhang & Malik, NeurIPS 2019)."""
+
+from __future__ import annotations
+
+import click
+
+from regcollide.commands.options import (
+    data_options,
+    ensure_out,
+    load_model_and_data,
+    model_options,
+    out_option,
+    user_errors,
+)
+
+POOL = 1000  # extra test images: the 'other' starts and the dataset distance (>= 1000 pairs) come from them
+
+
+@click.command("polytope")
+@model_options
+@data_options(default_n=4)
+@click.option("--layer", default=None, metavar="NAME",
+              help="Module whose output feeds a ReLU [default: the first one]; a wrong name lists the valid ones.")
+@click.option("--vertices", type=click.IntRange(min=2), default=5, show_default=True,
+              help="K, vertices per polytope (one per pushed inactive unit).")
+@click.option("--samples", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Dirichlet(1) convex combinations sampled per target (and sphere points for the control).")
+@click.option("--loss", type=click.Choice(["hinge", "li2019"]), default="hinge", show_default=True,
+              help="Hold of the other inactive units: hinge (<= 0) or li2019 (absolute value, the original).")
+@click.option("--init", type=click.Choice(["target", "other"]), default="target", show_default=True,
+              help="Start the vertices at the target or at an image of another class (Li et al., Table 1).")
+@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True, help="Adam steps per target.")
+@click.option("--beta", type=click.FloatRange(min=0), default=0.001, show_default=True,
+              help="Weight of the push term against the collision term.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.03, show_default=True,
+              help="Initial Adam learning rate (cosine decay to 1%).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
+@out_option("out/polytope")
+@user_errors
+def polytope(model, checkpoint, data, n, seed, layer, vertices, samples, loss, init, steps, beta, lr, progress,
+             out) -> None:
+    """Vertices of a polytope of inputs colliding with each of N test images at a ReLU layer.
+
+    Reports the share of sampled points classified like the target, their mean top probability, the
+    vertex spread against the spread of the data, the feature residual and a random-sphere control.
+    Writes OUT/results.json and OUT/polytope.png.
+    """
+    import torch
+
+    from regcollide.attacks.polytope import evaluate_polytope
+    from regcollide.attacks.polytope_plot import plot_polytope
+    from regcollide.data import adapt_images, load_tensors
+    from regcollide.results import write_json
+
+    net, targets, target_labels, info = load_model_and_data(model, checkpoint, data, n, seed)
+    pool, pool_labels = load_tensors(info.get("data") or data, "test", n=POOL, seed=seed + 1)
+    pool = adapt_images(pool, *info["input_shape"][:2])  # same geometry as the targets
+    device = next(net.parameters()).device
+    images = torch.cat([targets, pool]).to(device)
+    labels = torch.cat([target_labels, pool_labels]).to(device)
+    result = evaluate_polytope(net, images, labels, layer=layer, vertices=vertices, samples=samples, loss=loss,
+                               init=init, targets=len(targets), data_images=pool.to(device), beta=beta,
+                               steps=steps, lr=lr, seed=seed, progress=progress)
+    entry = result.to_dict() | {"model": info["name"], "data": info.get("data") or data,
+                                "checkpoint": info.get("checkpoint")}
+    folder = ensure_out(out)
+    write_json(entry, folder / "results.json")
+    plot_polytope(result, folder / "polytope.png")
+    click.echo(f"layer {result.layer}: success {result.success_rate:.4f}  top prob {result.mean_top_prob:.4f}  "
+               f"distance ratio {result.distance_ratio:.4f}  max residual {result.max_rel_feature_residual:.4g}  "
+               f"ball control {entry['ball_success_rate']:.4f}")
+    click.echo(f"wrote {folder / 'results.json'} and {folder / 'polytope.png'}")
