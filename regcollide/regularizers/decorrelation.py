@@ -97,7 +97,7 @@ class HyperplaneDecorrelation(Regularizer):
     name = "decorrelation"
 
     def __init__(self, kappa: float = 10.0, tau: float = 0.0, use_bias: bool = False,
-                 max_rows: int = 2048, convention: Literal["paper", "grouped"] = "paper", layers: str = "",
+                 max_rows: int = 256, convention: Literal["paper", "grouped"] = "paper", layers: str = "",
                  seed: int = 0):
         check_positive("kappa", kappa)
         if max_rows < 2:

@@ -76,11 +76,16 @@ def isotropy_from_eigenvalues(eigenvalues: Tensor, measure: str, jitter: float =
     raise ValueError(f"unknown measure {measure!r}; choose ratio, rms or logdet")
 
 
+def squared_norm(tensor: Tensor) -> Tensor:
+    """Σ|x|², one fused reduction (real or complex)."""
+    return torch.linalg.vector_norm(tensor).square()
+
+
 def logdet_isotropy(stack: Tensor, jitter: float = 1e-6) -> Tensor:
     """log(mean λ) − mean(log λ) of the Gram eigenvalues of ``stack`` ``(B, m, n)``, via Cholesky."""
     gram, _ = smaller_gram(stack)  # (B, k, k)
     blocks, k = gram.shape[0], gram.shape[-1]
-    mean = stack.abs().square().sum() / (blocks * k)  # trace(Gram) / (B k) = mean eigenvalue
+    mean = squared_norm(stack) / (blocks * k)  # trace(Gram) / (B k) = mean eigenvalue
     eye = torch.eye(k, dtype=gram.dtype, device=gram.device)
     factor, info = torch.linalg.cholesky_ex(gram + (jitter * mean) * eye)
     if bool(info.any()):  # numerically indefinite (float32, nearly singular): eigenvalues are robust
@@ -201,12 +206,11 @@ class MinSingularValuePenalty(Regularizer):
         row_side, low_block, low_vec, high_block, high_vec = self._vectors[key]
 
         def rayleigh(block: int, vector: Tensor) -> Tensor:  # vᴴ G v = ‖Aᴴ v‖² (row Gram) or ‖A v‖²
-            matrix = stack[block]  # (m, n)
-            image = matrix.mH @ vector if row_side else matrix @ vector
-            return image.abs().square().sum()
+            matrix = stack.squeeze(0) if stack.shape[0] == 1 else stack[block]  # (m, n); a view when B = 1
+            return squared_norm(matrix.mH @ vector if row_side else matrix @ vector)
 
         k = min(stack.shape[-2:])
-        mean = stack.abs().square().sum() / (stack.shape[0] * k)
+        mean = squared_norm(stack) / (stack.shape[0] * k)
         floor = self.jitter * mean
         low = rayleigh(low_block, low_vec) + floor
         high = rayleigh(high_block, high_vec) if self.measure == "ratio" else mean
