@@ -28,7 +28,7 @@ class AutoAttackResult:
     n: int
     clean_acc: float
     robust_acc: float
-    breakdown: list[dict]  # [{attack, robust_acc}] in ensemble order, cumulative (as AutoAttack logs it)
+    breakdown: list[dict]  # [{attack, robust_acc, attacked, seconds}] in ensemble order, cumulative
     package_version: str
     flags: list[dict] = field(default_factory=list)  # AutoAttack's own warnings (its checks.py)
     seconds: float = 0.0
@@ -84,12 +84,13 @@ def evaluate_autoattack(model: nn.Module, images: Tensor, labels: Tensor, norm: 
             clean_acc = int(robust.sum()) / n
             breakdown = []
             for attack in list(adversary.attacks_to_run):
-                idx = robust.nonzero()[:, 0]
+                started, idx = time.perf_counter(), robust.nonzero()[:, 0]
                 if len(idx):
                     adversary.attacks_to_run = [attack]
                     _, y_adv = adversary.run_standard_evaluation(images[idx], labels[idx], batch_size=batch_size)
                     robust[idx[y_adv != labels[idx]]] = False
-                breakdown.append({"attack": attack, "robust_acc": int(robust.sum()) / n})
+                breakdown.append({"attack": attack, "robust_acc": int(robust.sum()) / n, "attacked": len(idx),
+                                  "seconds": time.perf_counter() - started})
     finally:
         logger.removeHandler(collect)
         if verbose:

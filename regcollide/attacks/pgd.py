@@ -24,7 +24,7 @@ class PGDOutput:
 
     adv: Tensor  # (N, C, H, W) adversarial examples, inside the ε-ball and [0, 1]
     success: Tensor  # (N,) bool, the returned example fools the model
-    first_success_step: Tensor  # (N,) int64, gradient steps taken before the first fooling iterate; -1 never
+    first_success_step: Tensor  # (N,) int64, gradient steps before the first fooling iterate; 0 clean; -1 never
 
 
 class PGD:
@@ -35,8 +35,8 @@ class PGD:
     gradient of size α, then projects onto the ε-ball and clips to [0, 1], in the same order as
     torchattacks' `PGD` / `PGDL2` (step, project, clip).
 
-    Early stopping (``early_stop=True``, default): a sample counts as broken if *any* iterate
-    (start point included, any restart) fools the model; that iterate is returned and the sample leaves
+    Early stopping (``early_stop=True``, default): a sample counts as broken if the clean input or *any*
+    iterate (random start point included, any restart) fools the model; that point is returned and it leaves
     the active batch, so it stops costing compute. With ``early_stop=False`` every sample runs all steps
     and success means the *last* iterate fools the model, exactly torchattacks' semantics (a sample can be
     fooled mid-way and recover). Per sample the trajectories are identical in both modes up to the first
@@ -112,6 +112,11 @@ class PGD:
                 eps_b = eps_all[ids].to(images.dtype).view(-1, 1, 1, 1) if isinstance(eps_all, Tensor) \
                     else float(eps_all)
                 tgt = target_labels[ids] if self.targeted else labels[ids]
+                if self.random_start and self.early_stop:  # a fooling clean input is broken at step 0
+                    with torch.no_grad():
+                        pred = self.model(images[ids]).argmax(1)
+                    done = ids[pred == tgt if self.targeted else pred != tgt]
+                    success[done], first[done] = True, 0
                 for r in range(self.restarts):
                     # Noise is drawn for the whole chunk, so a sample's start point does not depend on
                     # which other samples were already broken.
