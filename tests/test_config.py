@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -80,30 +81,40 @@ def test_shipped_configs_are_valid_and_commented(path):
             assert "#" in line, f"{path.name}:{number} has a value without a comment: {line!r}"
 
 
-def test_cli_rejects_bad_configs_without_creating_a_run(tmp_path):
-    """Every bad config exits non-zero with one line on stderr, and no run folder appears."""
+def load_script():
+    spec = importlib.util.spec_from_file_location("regularized_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_rejects_bad_configs_without_creating_a_run(tmp_path, capsys):
+    """Every bad config exits non-zero with one line on stderr, and no run folder appears.
+
+    main() returns the exit code the command line gets; every check runs before accelerate starts.
+    """
+    main = load_script().main
     cases = ["train.epoch=3", "train.lr=-1", "train.epochs=x", "model.name=nosuch",
-             "regularizers=[{name: nosuch}]", "regularizers=[{name: singular, params: {nosuch: 1}}]"]
-    # One interpreter for all cases keeps this fast: main() returns the exit code the CLI would use.
-    code = (
-        "import sys, contextlib, io\n"
-        f"sys.path.insert(0, {str(SCRIPT.parent)!r})\n"
-        "from regularized import main\n"
-        f"for case in {cases!r}:\n"
-        "    err = io.StringIO()\n"
-        "    with contextlib.redirect_stderr(err):\n"
-        f"        rc = main(['--set', 'out_dir={tmp_path}', '--set', 'run_name=bad', '--set', case])\n"
-        "    print(repr((case, rc, err.getvalue())))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert out.returncode == 0, out.stderr
-    results = [eval(line) for line in out.stdout.splitlines() if line.startswith("(")]
-    assert [case for case, _, _ in results] == cases
-    for case, rc, err in results:
-        assert rc == 2, (case, err)
+             "regularizers=[{name: nosuch}]", "regularizers=[{name: singular, params: {nosuch: 1}}]",
+             "regularizers=[{name: distill, params: {teacher: no/such/run}}]"]
+    for case in cases:
+        code = main(["--set", f"out_dir={tmp_path}", "--set", "run_name=bad", "--set", case])
+        err = capsys.readouterr().err
+        assert code == 2, (case, err)
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), (case, err)
     assert not any(tmp_path.iterdir()), "a rejected config must not create a run folder"
+
+
+def test_resume_needs_a_run_folder(tmp_path, capsys):
+    assert load_script().main(["--resume", str(tmp_path / "missing")]) == 2
+    assert "no config.yaml there" in capsys.readouterr().err
+
+
+def test_dry_run_prints_the_resolved_config(capsys):
+    assert load_script().main(["--dry-run", "--set", "train.epochs=2"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["train"]["epochs"] == 2 and printed["model"]["num_classes"] == 10
 
 
 def test_cli_exit_code_for_a_bad_config(tmp_path):

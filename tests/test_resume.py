@@ -71,8 +71,3 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
     assert [r["term/decorrelation"] for r in replayed[-3:]] == [r["term/decorrelation"] for r in straight[-3:]]
     assert records(killed_dir, "end")[0]["weights_sha256"] == records(tmp_path / "straight", "end")[0]["weights_sha256"]
 
-
-def test_resume_needs_a_run_folder(tmp_path):
-    out = run(tmp_path, "missing", resume=True)
-    assert out.returncode == 2
-    assert out.stderr.strip().startswith("error: --resume") and "no config.yaml" in out.stderr

@@ -140,7 +140,7 @@ def subset(dataset, limit: int | None):
     return dataset.select(sorted(keep.tolist()))
 
 
-def get_dataloaders(config: Config) -> tuple[DataLoader, DataLoader, EpochSampler]:
+def get_dataloaders(config: Config) -> tuple[DataLoader, DataLoader]:
     """Training loader (shuffled by (seed, epoch)) and test loader, both yielding the loader dict."""
     train_set, test_set = load_dataset(config.data.spec, "train"), load_dataset(config.data.spec, "test")
     train_set, test_set = subset(train_set, config.data.limit_train), subset(test_set, config.data.limit_test)
@@ -153,7 +153,7 @@ def get_dataloaders(config: Config) -> tuple[DataLoader, DataLoader, EpochSample
                               # Own generator: creating an iterator must not draw from the global RNG.
                               generator=torch.Generator().manual_seed(config.seed))
     test_loader = make_loader(test_set, batch_size=config.eval.batch_size, num_workers=config.data.num_workers)
-    return train_loader, test_loader, sampler
+    return train_loader, test_loader
 
 
 @torch.no_grad()
@@ -193,6 +193,15 @@ def training_step(model, raw_model, batch, regularizers, weights, names) -> tupl
     return loss, outputs, values
 
 
+def term_names(config: Config) -> list[str]:
+    """Regularizer names for the log, numbered when a name repeats (singular, singular_2)."""
+    names: list[str] = []
+    for rc in config.regularizers:
+        count = sum(1 for n in names if n == rc.name or n.startswith(rc.name + "_"))
+        names.append(rc.name if count == 0 else f"{rc.name}_{count + 1}")
+    return names
+
+
 def train_record(state, names: list[str], sums: list[float], lr: float) -> dict:
     """One metrics.jsonl line from the window sums (per-term sums, loss sum, correct, count)."""
     count = max(sums[-1], 1.0)
@@ -216,22 +225,22 @@ def training_function(config: Config, args: argparse.Namespace) -> dict:
     if config.train.tensorboard and not is_tensorboard_available():
         raise ConfigError("train.tensorboard: the tensorboard package is not installed; "
                           "`pip install tensorboard` or set train.tensorboard=false")
-    accelerator = Accelerator(cpu=use_cpu(args), mixed_precision=config.train.mixed_precision,
-                              log_with="tensorboard" if config.train.tensorboard else None,
-                              rng_types=[])  # the sampler is seeded by (seed, epoch): nothing to sync
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
     set_seed(config.seed)  # before the model exists: identical initial weights on every process
-    # Everything that can reject the config runs before the run folder exists.
+    # Everything that can reject the config runs before the run folder (or a process group) exists.
     model, regularizers = instantiate(config)
+    accelerator = Accelerator(cpu=use_cpu(args), mixed_precision=config.train.mixed_precision,
+                              log_with="tensorboard" if config.train.tensorboard else None,
+                              rng_types=[])  # the sampler is seeded by (seed, epoch): nothing to sync
     try:
         run_dir, resuming = checkpoints.prepare_run_dir(config.out_dir, config.run_name, args.config_stem,
                                                         args.resume, args.overwrite, accelerator)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     config.out_dir, config.run_name = str(run_dir.parent), run_dir.name
+    train_loader, test_loader = get_dataloaders(config)
     checkpoints.create_run_dir(run_dir, dump_config(config), resuming, args.overwrite, accelerator)
-    train_loader, test_loader, sampler = get_dataloaders(config)
     optimizer = build_optimizer(config.train, model)
     model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
     raw_model = accelerator.unwrap_model(model)
@@ -250,7 +259,7 @@ def training_function(config: Config, args: argparse.Namespace) -> dict:
         accelerator.project_configuration.set_directories(str(run_dir))
         accelerator.init_trackers("tensorboard", config={"seed": config.seed, "lr": config.train.lr})
 
-    names = ["cross_entropy"] + [rc.name for rc in config.regularizers]
+    names = ["cross_entropy"] + term_names(config)
     weights = [rc.weight for rc in config.regularizers]
     steps_per_epoch = len(train_loader)
     total_steps = config.train.epochs * steps_per_epoch
