@@ -185,12 +185,28 @@ class _StopForward(Exception):
     """Raised from a hook to end a forward pass early once we know what we came for."""
 
 
+def _check_input(module: nn.Module, x: Tensor) -> None:
+    """The first weight layer stops the pass early, so check here that the input fits it."""
+    if isinstance(module, nn.Linear):
+        expected, got = module.in_features, x.shape[-1] if x.ndim else None
+    elif isinstance(module, nn.MultiheadAttention):
+        expected, got = module.embed_dim, x.shape[-1] if x.ndim else None
+    elif hasattr(module, "in_channels") and x.ndim >= 2:
+        expected, got = module.in_channels, x.shape[1]
+    else:
+        return
+    if expected != got:
+        raise ValueError(f"input of shape {tuple(x.shape)} reaches a layer expecting {expected} input features")
+
+
 def _run_with_hooks(model: nn.Module, example_input, stop_after_first: bool) -> list[str]:
     layers = iter_weight_layers(model)
     order: list[str] = []
     seen: set[str] = set()
 
-    def mark(names: list[str]) -> None:
+    def mark(names: list[str], module: nn.Module | None = None, args: tuple = ()) -> None:
+        if module is not None and args and isinstance(args[0], Tensor):
+            _check_input(module, args[0])
         for name in names:
             if name not in seen:
                 seen.add(name)
@@ -207,12 +223,12 @@ def _run_with_hooks(model: nn.Module, example_input, stop_after_first: bool) -> 
         if isinstance(module, nn.MultiheadAttention):
             # MHA applies in_proj at its start and out_proj (without calling the submodule) at its end.
             ins = [entry.name for entry in layer_list if entry.kind != "mha_out_proj"]
-            handles.append(module.register_forward_pre_hook(lambda m, a, names=ins: mark(names)))
+            handles.append(module.register_forward_pre_hook(lambda m, a, names=ins: mark(names, m, a)))
             outs = [entry.name for entry in layers if entry.module is module.out_proj]
             handles.append(module.register_forward_hook(lambda m, a, o, names=outs: mark(names)))
         else:
             names = [entry.name for entry in layer_list]
-            handles.append(module.register_forward_pre_hook(lambda m, a, names=names: mark(names)))
+            handles.append(module.register_forward_pre_hook(lambda m, a, names=names: mark(names, m, a)))
     was_training = model.training
     model.eval()
     args = example_input if isinstance(example_input, tuple) else (example_input,)

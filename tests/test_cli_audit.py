@@ -1,0 +1,81 @@
+"""`regcollide audit`: formats, contract keys, geometry defaults and clear errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from regcollide.cli import main
+
+CONTRACT_KEYS = {"model", "convention", "rtol", "atol", "n_weights", "nu", "mu", "nu_frac", "mu_frac",
+                 "total_nullity", "structural_nullity", "excess_nullity", "first_nullity", "layers"}
+LAYER_KEYS = {"name", "kind", "out_dim", "in_dim", "rank", "nullity", "structural_nullity", "sigma_min",
+              "sigma_max", "max_cosine"}
+
+
+def run(*args: str):
+    result = CliRunner().invoke(main, ["audit", *args])
+    return result
+
+
+@pytest.mark.slow
+def test_resnet50_json_writes_every_contract_key(tmp_path):
+    out = tmp_path / "audit.json"
+    result = run("tv:resnet50", "--format", "json", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert CONTRACT_KEYS <= set(data)
+    assert all(LAYER_KEYS <= set(layer) for layer in data["layers"])
+    # 53 convolutions + fc; conv1 is 64 x (3*7*7): nullity 147 - 64 = 83; ImageNet geometry by default.
+    assert (data["n_weights"], data["first_nullity"], data["input_shape"]) == (54, 83, [3, 224, 224])
+    assert data["first_layer"].endswith("conv1") and data["first_layer_source"] == "forward"
+    assert data["structural_nullity"] == sum(layer["structural_nullity"] for layer in data["layers"])
+
+
+def test_table_is_aligned_with_a_totals_line():
+    result = run("mlp", "--per-layer")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    header = lines[0]
+    assert header.split()[:3] == ["name", "kind", "out_dim"]
+    rows = lines[2 : lines.index(lines[1], 2)]  # between the two rule lines
+    assert len(rows) == 3  # the mlp registry model: 784 -> 256 -> 256 -> 10
+    assert len({len(line) for line in [lines[1], *rows]}) <= 2  # right/left padding keeps columns aligned
+    totals = next(line for line in lines if line.startswith("TOTAL"))
+    assert "528" in totals.replace(",", "") or "774" in totals.replace(",", "")
+    assert "nullity(W1)" in result.output and "forward order" in result.output
+
+
+def test_csv_per_layer_has_one_row_per_matrix_and_grouped_changes_depthwise_counts():
+    paper = run("tv:mobilenet_v3_small", "--format", "csv", "--per-layer")
+    grouped = run("tv:mobilenet_v3_small", "--format", "csv", "--per-layer", "--convention", "grouped")
+    assert paper.exit_code == 0 and grouped.exit_code == 0, paper.output + grouped.output
+    paper_rows = list(csv.DictReader(io.StringIO(paper.output)))
+    grouped_rows = list(csv.DictReader(io.StringIO(grouped.output)))
+    assert len(paper_rows) == len(grouped_rows) == 54
+    depthwise = [i for i, row in enumerate(grouped_rows) if int(row["blocks"]) > 1]
+    assert depthwise and all(int(grouped_rows[i]["nullity"]) > int(paper_rows[i]["nullity"]) for i in depthwise)
+
+
+def test_summary_csv_and_tolerance_options():
+    result = run("mlp", "--format", "csv", "--rtol", "0.5")
+    assert result.exit_code == 0, result.output
+    (row,) = csv.DictReader(io.StringIO(result.output))
+    assert int(row["n_weights"]) == 3 and int(row["excess_nullity"]) > 0  # rtol 0.5 cuts most of the spectrum
+    data = json.loads(run("mlp", "--format", "json", "--atol", "1e-3").output)
+    assert data["atol"] == 1e-3 and all(layer["atol"] == 1e-3 for layer in data["layers"])
+
+
+def test_input_size_override_and_clear_errors():
+    data = json.loads(run("mlp", "--format", "json", "--input-size", "1", "28", "28").output)
+    assert data["input_shape"] == [1, 28, 28]
+    bad_shape = run("mlp", "--input-size", "3", "5", "5")
+    assert bad_shape.exit_code != 0 and "input shape" in bad_shape.output
+    bad_model = run("tv:not_a_model")
+    assert bad_model.exit_code != 0 and "unknown torchvision model" in bad_model.output
+    bad_convention = run("mlp", "--convention", "rows")
+    assert bad_convention.exit_code == 2 and "paper" in bad_convention.output
