@@ -16,10 +16,14 @@ Steps, each skipping finished work so an interrupted study resumes where it stop
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import multiprocessing
+import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import yaml
@@ -52,8 +56,9 @@ def train_member(member: dict, base: Path, runs_dir: Path, extra: list[str], log
         cmd.append("--overwrite")  # a folder without weights is an interrupted run: start it again
     start = time.perf_counter()
     log = log_dir / f"{member['name']}.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(log, "w") as handle:
-        proc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"training {member['name']} failed (exit {proc.returncode}); see {log}")
     return time.perf_counter() - start
@@ -68,6 +73,25 @@ def evaluate_member(run: Path, settings: dict, entries_dir: Path) -> tuple[dict,
     entry = evaluate_run(run, settings, cache=target if target.is_file() else {})
     write_json(entry, target)
     return entry, time.perf_counter() - start
+
+
+def _depends(member: dict) -> bool:
+    return any("{runs}" in s for s in member.get("set", []))
+
+
+def study_member(member: dict, base: Path, runs_dir: Path, train_set: list[str], log_dir: Path,
+                 settings: dict, entries_dir: Path) -> tuple[dict, dict]:
+    """Train (unless done) and evaluate one member; returns (entry, timings). Runs in a worker process."""
+    import torch
+
+    # One thread per worker: on a shared or small machine, torch's default thread pool oversubscribes.
+    torch.set_num_threads(1)
+    run, times = runs_dir / member["name"], {}
+    if not (run / "model.safetensors").is_file():
+        times["train_s"] = round(train_member(member, base, runs_dir, train_set, log_dir), 1)
+    entry, seconds = evaluate_member(run, settings, entries_dir)
+    times["eval_s"] = round(seconds, 1)
+    return entry, times
 
 
 def report(entries: list[dict], out: Path, n_boot: int) -> dict:
@@ -106,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-set", action="append", default=[], metavar="KEY=VALUE",
                         help="eval setting override (YAML value), e.g. --eval-set n=50")
     parser.add_argument("--n-boot", type=int, default=2000)
+    parser.add_argument("--jobs", type=int, default=2, help="members trained/evaluated in parallel (1 thread each)")
     args = parser.parse_args(argv)
 
     sweep = load_sweep(args.sweep)
@@ -123,18 +148,28 @@ def main(argv: list[str] | None = None) -> int:
     for d in (runs_dir, entries_dir, log_dir):
         d.mkdir(parents=True, exist_ok=True)
 
-    start, timings, entries = time.perf_counter(), {}, []
-    for member in tqdm(members, desc="study", unit="model"):
-        run = runs_dir / member["name"]
-        times = timings.setdefault(member["name"], {})
-        if not (run / "model.safetensors").is_file():
-            times["train_s"] = round(train_member(member, base, runs_dir, args.train_set, log_dir), 1)
-        entry, seconds = evaluate_member(run, settings, entries_dir)
-        times["eval_s"] = round(seconds, 1)
-        entries.append(entry)
+    start, results = time.perf_counter(), {}
+    job = functools.partial(study_member, base=base, runs_dir=runs_dir, train_set=args.train_set,
+                            log_dir=log_dir, settings=settings, entries_dir=entries_dir)
+    # Members that train from another member (distillation teachers, "{runs}") wait for the first phase.
+    phases = [[m for m in members if not _depends(m)], [m for m in members if _depends(m)]]
+    with tqdm(total=len(members), desc="study", unit="model") as bar:
+        for phase in phases:
+            if args.jobs == 1:
+                for member in phase:
+                    results[member["name"]] = job(member)
+                    bar.update()
+                continue
+            with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(job, m): m["name"] for m in phase}
+                for future in as_completed(futures):
+                    results[futures[future]] = future.result()
+                    bar.update()
+    entries = [results[m["name"]][0] for m in members]
+    timings = {m["name"]: results[m["name"]][1] for m in members}
     summary = report(entries, out, args.n_boot)
     total = time.perf_counter() - start
-    record = {"wall_seconds": round(total, 1), "members": timings, "eval_settings": settings,
+    record = {"wall_seconds": round(total, 1), "jobs": args.jobs, "members": timings, "eval_settings": settings,
               "headline": summary}
     (out / "study.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     print(f"study: {len(entries)} models in {total / 60:.1f} min -> {out}/report.md, {out}/leaderboard.md")
