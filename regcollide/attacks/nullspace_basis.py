@@ -145,12 +145,32 @@ def probe_input_map(model: nn.Module, module: nn.Module, input_shape: tuple[int,
             "model uses internally (for torchvision detectors, create them with min_size/max_size equal to "
             "the image size).")
     a, b = (u1 - u0).reshape(input_shape), u0.reshape(input_shape)
+    a = exact_scale(model, a)
     predicted = a * probes[2].double() + b
     tol = 1e-4 * (1 + ur.abs().max().item())
     if (predicted.flatten() - ur.flatten()).abs().max().item() > tol:
         raise NullspaceError("the map from the image to the first weight layer's input is not per-pixel "
                              "affine, so no normalization can be folded into W1.")
     return a, b, tuple(u0.shape[1:])
+
+
+def exact_scale(model: nn.Module, measured: Tensor) -> Tensor:
+    """The measured slope (float32 precision) replaced by 1/std of a normalization module when they agree.
+
+    Candidates: ``Normalize.std`` buffers and torchvision detectors' ``image_std``. Without a match the
+    measured slope is kept; either way the collision residuals are measured afterwards.
+    """
+    for module in model.modules():
+        std = getattr(module, "std", None) if hasattr(module, "mean") else getattr(module, "image_std", None)
+        if std is None:
+            continue
+        std = torch.as_tensor(std, dtype=torch.float64, device=measured.device).flatten()
+        if std.numel() != measured.shape[0]:
+            continue
+        candidate = (1 / std).view(-1, 1, 1).expand_as(measured)
+        if torch.allclose(candidate, measured, rtol=1e-5, atol=0):
+            return candidate.clone()
+    return measured
 
 
 # --------------------------------------------------------------------------------------------- kernels

@@ -57,6 +57,7 @@ def masked_basis(plan: KernelPlan, mask: Tensor) -> Tensor:
     outside = plan.basis[:, ~inside]  # (m, |outside|)
     coeffs, _ = kernel_basis(outside.T) if outside.shape[1] else (torch.eye(plan.basis.shape[0]).double(), 0)
     basis = coeffs.to(plan.basis) @ plan.basis
+    basis[:, ~inside] = 0.0  # they are round-off (~1e-16) already; exact zeros keep the region promise
     if basis.shape[0] == 0:
         raise NullspaceError(f"no kernel vector of '{plan.layer_name}' is supported inside the mask "
                              f"({int(mask.sum())} of {h * w} pixels): use a larger mask.")
