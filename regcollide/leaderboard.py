@@ -136,6 +136,7 @@ def table_rows(entries: list[dict]) -> list[dict[str, Any]]:
     for e in rank_entries(entries):
         row = {c.key: c.value(e) for c in COLUMNS}
         row["_score_source"] = e["_score_source"]
+        row["_pgd_n"], row["_aa_n"] = _get(e, "pgd", "n"), _get(e, "autoattack", "n")
         rows.append(row)
     return rows
 
@@ -150,12 +151,20 @@ def format_cell(column: Column, value: Any) -> str:
     return str(value)
 
 
+def _sizes(rows: list[dict], key: str) -> str:
+    sizes = sorted({r[key] for r in rows if r.get(key) is not None})
+    return "/".join(str(n) for n in sizes) if sizes else "–"
+
+
 def footnote(rows: list[dict]) -> str | None:
+    """Sample sizes (AutoAttack and PGD may use different test subsets) and the PGD-fallback rows."""
+    notes = [f"AutoAttack on the first {_sizes(rows, '_aa_n')} test images, PGD on the first "
+             f"{_sizes(rows, '_pgd_n')}; the two columns are measured on different subsets."]
     fallback = [r["name"] for r in rows if r["_score_source"] == "pgd"]
-    if not fallback:
-        return None
-    return ("† No AutoAttack result for " + ", ".join(fallback) + ": ranked by PGD robust accuracy, "
-            "an upper bound on the true robust accuracy (AutoAttack is usually lower).")
+    if fallback:
+        notes.append("† No AutoAttack result for " + ", ".join(fallback) + ": ranked by PGD robust accuracy, "
+                     "an upper bound on the true robust accuracy (AutoAttack is usually lower).")
+    return " ".join(notes)
 
 
 def to_markdown(rows: list[dict], title: str = "Leaderboard") -> str:
