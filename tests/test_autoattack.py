@@ -7,16 +7,17 @@ import torch
 
 from regcollide.attacks.autoattack import evaluate_autoattack
 from regcollide.attacks.ease import evaluate_pgd
+from regcollide.data import load_tensors
 
 
 @pytest.mark.slow  # ~25 s idle: FAB-T and Square cost a fixed number of iterations once any point survives
-def test_autoattack_is_at_least_as_strong_as_pgd(trained_mlp, mnist_test):
-    """ε = 0.12 leaves a few of the 100 points robust to PGD, so every attack of the ensemble runs."""
-    images, labels = (t[:100] for t in mnist_test)
+def test_autoattack_is_at_least_as_strong_as_pgd(trained_mlp):
+    """ε = 0.1 leaves a few of the 100 points robust to PGD, so every attack of the ensemble runs."""
+    images, labels = load_tensors("mnist5k", "test", n=100)
     rng = torch.get_rng_state()
-    aa = evaluate_autoattack(trained_mlp, images, labels, norm="linf", eps=0.12, seed=0)
+    aa = evaluate_autoattack(trained_mlp, images, labels, norm="linf", eps=0.1, seed=0)
     assert torch.equal(torch.get_rng_state(), rng)  # the package reseeds the global RNG; we restore it
-    pgd = evaluate_pgd(trained_mlp, images, labels, eps=0.12, steps=40, checks=False, bisection_steps=0)
+    pgd = evaluate_pgd(trained_mlp, images, labels, eps=0.1, steps=40, checks=False, bisection_steps=0)
     assert aa.clean_acc == pytest.approx(pgd.clean_acc)
     assert aa.robust_acc <= pgd.robust_acc <= pgd.clean_acc
     assert [b["attack"] for b in aa.breakdown] == ["apgd-ce", "apgd-t", "fab-t", "square"]
@@ -27,8 +28,8 @@ def test_autoattack_is_at_least_as_strong_as_pgd(trained_mlp, mnist_test):
     assert set(aa.to_dict()) >= {"robust_acc", "clean_acc", "breakdown", "n", "seed", "version"}
 
 
-def test_autoattack_l2_and_bad_norm(trained_mlp, mnist_test):
-    images, labels = (t[:50] for t in mnist_test)
+def test_autoattack_l2_and_bad_norm(trained_mlp):
+    images, labels = load_tensors("mnist5k", "test", n=50)
     aa = evaluate_autoattack(trained_mlp, images, labels, norm="l2", eps=3.0, seed=1)  # APGD-CE breaks all
     assert aa.robust_acc == 0 < aa.clean_acc and aa.norm == "l2"
     assert [b["attacked"] for b in aa.breakdown[1:]] == [0, 0, 0]  # nothing left for the later attacks

@@ -9,6 +9,7 @@ from torch import nn
 
 from regcollide.attacks import checks
 from regcollide.attacks.ease import evaluate_pgd
+from regcollide.data import load_tensors
 
 
 class Wrapped(nn.Module):
@@ -29,8 +30,8 @@ def ids(flags):
 
 
 @pytest.fixture(scope="module")
-def batch(mnist_test):
-    return mnist_test[0][:128], mnist_test[1][:128]
+def batch():
+    return load_tensors("mnist5k", "test", n=128)
 
 
 def test_healthy_model_has_no_flags(trained_mlp, batch):
@@ -49,7 +50,7 @@ def test_softmax_outputs_are_flagged(trained_mlp, batch):
 def test_non_differentiable_step_is_flagged_and_still_reported(trained_mlp, batch):
     model = Wrapped(trained_mlp, "round")
     assert ids(checks.check_zero_gradients(model, *batch)) == {checks.ZERO_GRADIENTS}
-    images, labels = (t[:48] for t in batch)  # PGD never succeeds here, so every run costs its full steps
+    images, labels = load_tensors("mnist5k", "test", n=48)  # PGD never succeeds here, so every run costs its full steps
     result = evaluate_pgd(model, images, labels, eps=0.1, steps=5, bisection_steps=0)
     assert {checks.ZERO_GRADIENTS, checks.LARGE_EPS} <= ids(result.flags)
     assert result.robust_acc == result.clean_acc > 0.9  # the (meaningless) number is still reported

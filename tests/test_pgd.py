@@ -7,6 +7,7 @@ import torch
 import torchattacks
 
 from regcollide.attacks.pgd import PGD
+from regcollide.data import load_tensors
 
 REFERENCE = {"linf": (torchattacks.PGD, 0.08, 0.01), "l2": (torchattacks.PGDL2, 1.2, 0.15)}
 
@@ -55,8 +56,8 @@ def test_random_start_robust_accuracy_close_to_torchattacks(trained_mlp, mnist_t
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.5)])
-def test_adversarial_examples_stay_in_ball_and_box(trained_mlp, mnist_test, norm, eps):
-    images, labels = (t[:300] for t in mnist_test)
+def test_adversarial_examples_stay_in_ball_and_box(trained_mlp, norm, eps):
+    images, labels = load_tensors("mnist5k", "test", n=300)
     out = PGD(trained_mlp, eps=eps, steps=8, norm=norm, restarts=2, batch_size=64)(images, labels)
     delta = (out.adv - images).reshape(len(images), -1)
     size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
@@ -73,8 +74,8 @@ def test_adversarial_examples_stay_in_ball_and_box(trained_mlp, mnist_test, norm
     assert bool((out.first_success_step[~out.success] == -1).all())
 
 
-def test_per_sample_eps_and_targeted(trained_mlp, mnist_test):
-    images, labels = (t[:200] for t in mnist_test)
+def test_per_sample_eps_and_targeted(trained_mlp):
+    images, labels = load_tensors("mnist5k", "test", n=200)
     eps = torch.where(torch.arange(200) % 2 == 0, 0.03, 0.2)  # (N,)
     out = PGD(trained_mlp, eps=0.1, steps=10)(images, labels, eps=eps)
     assert bool(((out.adv - images).abs().amax((1, 2, 3)) <= eps + 1e-6).all())
@@ -88,8 +89,8 @@ def test_per_sample_eps_and_targeted(trained_mlp, mnist_test):
     assert hit.success.float().mean() > 0.5
 
 
-def test_restores_training_mode_and_rejects_bad_input(trained_mlp, mnist_test):
-    images, labels = (t[:16] for t in mnist_test)
+def test_restores_training_mode_and_rejects_bad_input(trained_mlp):
+    images, labels = load_tensors("mnist5k", "test", n=16)
     trained_mlp.train()
     try:
         PGD(trained_mlp, steps=2)(images, labels)

@@ -11,6 +11,7 @@ import torch
 from regcollide.attacks.ease import evaluate_pgd
 from regcollide.attacks.pgd import PGD
 from regcollide.results import write_json
+from regcollide.data import load_tensors
 
 CONTRACT = ("norm eps steps restarts clean_acc robust_acc median_eps_star mean_steps_to_success curve "
             "flags").split()
@@ -18,8 +19,8 @@ SETTINGS = {"eps": 0.05, "steps": 10, "bisection_steps": 5, "seed": 3}
 
 
 @pytest.fixture(scope="module")
-def ease(trained_mlp, mnist_test):
-    images, labels = (t[:200] for t in mnist_test)
+def ease(trained_mlp):
+    images, labels = load_tensors("mnist5k", "test", n=200)
     return evaluate_pgd(trained_mlp, images, labels, checks=False, **SETTINGS), images, labels
 
 
@@ -42,13 +43,13 @@ def test_eps_star_agrees_with_the_fixed_eps_run(ease, trained_mlp):
     assert 0 <= result.mean_steps_to_success <= SETTINGS["steps"]
 
 
-def test_eps_star_is_a_breaking_budget(trained_mlp, mnist_test):
+def test_eps_star_is_a_breaking_budget(trained_mlp):
     """Without random start PGD is deterministic per sample: attacking at ε* itself must succeed.
 
     Tolerance: 2% of samples, because the bisection ran them in other batch compositions and BLAS may
     round a near-zero gradient component differently.
     """
-    images, labels = (t[:150] for t in mnist_test)
+    images, labels = load_tensors("mnist5k", "test", n=150)
     result = evaluate_pgd(trained_mlp, images, labels, eps=0.05, steps=10, bisection_steps=4,
                           random_start=False, checks=False)
     star = torch.tensor(result.eps_star, dtype=torch.float32)
@@ -75,8 +76,8 @@ def test_curve_is_monotone_and_consistent(ease):
     assert 0 < result.curve_area < 1
 
 
-def test_censored_samples_count_at_the_upper_bound(trained_mlp, mnist_test):
-    images, labels = (t[:100] for t in mnist_test)
+def test_censored_samples_count_at_the_upper_bound(trained_mlp):
+    images, labels = load_tensors("mnist5k", "test", n=100)
     result = evaluate_pgd(trained_mlp, images, labels, eps=0.002, eps_max=0.004, steps=5, bisection_steps=2,
                           checks=False)
     star = np.array(result.eps_star)
@@ -100,8 +101,8 @@ def test_contract_keys_and_json(ease, tmp_path):
     assert back["robust_acc"] == result.robust_acc and back["flags"] == []
 
 
-def test_bad_arguments(trained_mlp, mnist_test):
-    images, labels = (t[:8] for t in mnist_test)
+def test_bad_arguments(trained_mlp):
+    images, labels = load_tensors("mnist5k", "test", n=8)
     with pytest.raises(ValueError, match="eps_max"):
         evaluate_pgd(trained_mlp, images, labels, eps=0.1, eps_max=0.05)
     with pytest.raises(ValueError, match="norm"):

@@ -165,11 +165,17 @@ def _area(curve: list[dict], eps_max: float) -> float:
 
 
 def _sanity_flags(model, images, labels, attack: PGD, alpha, broken, cidx, check_n, tol) -> list[dict]:
-    """Model checks on a prefix of the data, then attack checks on the correctly classified part of it."""
-    x, y = images[:check_n], labels[:check_n]
-    flags = sanity.model_checks(model, x, y)
-    sub = cidx[cidx < check_n]  # correctly classified samples within the prefix
-    n_sub = len(x)
+    """Model checks on an evenly spaced subset (data may be sorted by class), attack checks on its
+    correctly classified part."""
+    n = len(images)
+    pick = torch.zeros(n, dtype=torch.bool, device=images.device)
+    pick[:: max(1, math.ceil(n / check_n))] = True  # (N,)
+    flags = sanity.model_checks(model, images[pick], labels[pick])
+    correct = torch.zeros_like(pick)
+    correct[cidx] = True
+    safe = correct.clone()
+    safe[cidx[broken]] = False  # correctly classified and not broken at ε by the main run
+    sub, n_sub = (pick & correct).nonzero()[:, 0], int(pick.sum())
     if not len(sub):
         return flags
 
@@ -183,8 +189,8 @@ def _sanity_flags(model, images, labels, attack: PGD, alpha, broken, cidx, check
             settings["alpha"] = None
         return int((~PGD(attack.model, **settings)(images[sub], labels[sub]).success).sum()) / n_sub
 
-    base = int((~broken[: len(sub)]).sum()) / n_sub  # cidx is sorted, so sub is its prefix
-    half, large_eps = acc(eps=attack.eps / 2), (1.0 if attack.norm == "linf" else math.sqrt(x[0].numel()))
+    base = int((pick & safe).sum()) / n_sub
+    half, large_eps = acc(eps=attack.eps / 2), (1.0 if attack.norm == "linf" else math.sqrt(images[0].numel()))
     large = acc(eps=large_eps)
     clean = len(sub) / n_sub
     flags += sanity.check_monotone([0.0, attack.eps / 2, attack.eps, large_eps], [clean, half, base, large])

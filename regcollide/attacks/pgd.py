@@ -168,16 +168,15 @@ class PGD:
     def _step(self, adv: Tensor, x: Tensor, grad: Tensor, eps, alpha) -> Tensor:
         """Ascent step, projection onto the ε-ball, clip to [0, 1] (torchattacks' order)."""
         if self.norm == "linf":
-            adv = adv + alpha * grad.sign()
-            delta = torch.clamp(adv - x, min=-eps, max=eps)
-        else:
-            b = adv.shape[0]
-            grad = grad / (grad.reshape(b, -1).norm(p=2, dim=1) + 1e-10).view(b, 1, 1, 1)
-            adv = adv + alpha * grad
-            delta = adv - x
-            norms = delta.reshape(b, -1).norm(p=2, dim=1).view(b, 1, 1, 1)
-            delta = delta * torch.clamp(eps / norms, max=1.0)
-        return torch.clamp(x + delta, min=0, max=1).detach()
+            # in place on fresh buffers, same operations and rounding as adv + α·sign(g), clamp(adv − x)
+            delta = adv.add_(grad.sign_().mul_(alpha)).sub_(x)
+            return delta.clamp_(min=-eps, max=eps).add_(x).clamp_(min=0, max=1)
+        b = adv.shape[0]
+        grad = grad / (grad.reshape(b, -1).norm(p=2, dim=1) + 1e-10).view(b, 1, 1, 1)
+        delta = (adv + alpha * grad) - x
+        norms = delta.reshape(b, -1).norm(p=2, dim=1).view(b, 1, 1, 1)
+        delta = delta * torch.clamp(eps / norms, max=1.0)
+        return torch.clamp(x + delta, min=0, max=1)
 
     def _unit_noise(self, x: Tensor, gen: torch.Generator) -> Tensor:
         """Start offsets for ε = 1 (scaled by each sample's ε later). (B, C, H, W)"""
