@@ -3,7 +3,6 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-RUN_DIR ?= runs/default
 
 .PHONY: run test study bench table1 lint clean help
 
@@ -24,7 +23,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python train/regularized.py --config configs/default.yaml --out $(RUN_DIR)
+	$(BIN)/python train/regularized.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

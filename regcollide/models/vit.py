@@ -6,7 +6,6 @@ Its stem is a patchify conv (stride == kernel, no padding), the case where the N
 
 from __future__ import annotations
 
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from regcollide.models.layers import Normalize, WithNormalize, default_stats, scaled
@@ -25,6 +24,8 @@ def default_patch_size(img_size: int) -> int:
 def vit_tiny(num_classes: int = 10, in_chans: int = 1, img_size: int = 28, width: float = 1.0,
              patch_size: int | None = None, depth: int = 4, num_heads: int = 3) -> nn.Module:
     """DeiT-Tiny's embedding (192 x width, 3 heads) at a CPU-friendly depth of 4 blocks."""
+    from timm.models.vision_transformer import VisionTransformer  # timm costs seconds to import: only when used
+
     patch = patch_size or default_patch_size(img_size)
     if img_size % patch:
         raise ValueError(f"patch size {patch} does not divide the image size {img_size}.")
