@@ -97,3 +97,14 @@ def test_out_of_range_values_say_what_to_change(name, params, bad):
 def test_ints_are_accepted_for_floats():
     reg = build_regularizer("decorrelation", kappa=5, tau=0)
     assert reg.kappa == 5.0
+
+
+@pytest.mark.parametrize("name", ["singular", "decorrelation", "orthogonality"])
+def test_weight_penalties_run_in_float32_under_bf16_autocast(name):
+    model, batch = tiny_cnn(), tiny_batch()
+    reg = build_regularizer(name)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = model(batch["image"])
+        term = reg(model, batch, outputs)
+    assert term.dtype == torch.float32
+    assert term.item() == pytest.approx(reg(model, batch, outputs.float()).item(), rel=1e-5)

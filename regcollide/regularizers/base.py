@@ -132,6 +132,16 @@ def check_positive(name: str, value: float, allow_zero: bool = False) -> None:
         raise ValueError(f"{name} must be {bound}, got {value!r}")
 
 
+def full_precision(reference: Tensor) -> torch.autocast:
+    """Disable autocast: eigvalsh/Cholesky need float32 or float64, and bf16 Gram matrices lose σ_min."""
+    return torch.autocast(device_type=reference.device.type, enabled=False)
+
+
+def upcast(tensor: Tensor) -> Tensor:
+    """Half-precision weights to float32 for linear algebra; float32/float64 pass through unchanged."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter (CPU for parameter-free modules)."""
     first = next(model.parameters(), None)

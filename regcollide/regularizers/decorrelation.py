@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from regcollide.layers import WeightLayer
-from regcollide.regularizers.base import Regularizer, check_positive, zero_like
+from regcollide.regularizers.base import Regularizer, check_positive, full_precision, upcast, zero_like
 from regcollide.regularizers.selection import layer_stacks, select_layers
 
 
@@ -116,7 +116,8 @@ class HyperplaneDecorrelation(Regularizer):
         return mean_pair_charge(rows, self.kappa, self.tau)
 
     def __call__(self, model: nn.Module, batch: dict[str, Tensor], outputs: Tensor) -> Tensor:
-        terms = [self.penalty_of(rows) for layer in select_layers(model, self.layers)
-                 for rows in layer_rows(layer, self.convention, self.use_bias) if rows.shape[0] >= 2]
+        with full_precision(outputs):
+            terms = [self.penalty_of(upcast(rows)) for layer in select_layers(model, self.layers)
+                     for rows in layer_rows(layer, self.convention, self.use_bias) if rows.shape[0] >= 2]
         return torch.stack(terms).mean() if terms else zero_like(outputs)
 

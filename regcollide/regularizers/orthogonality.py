@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from regcollide.regularizers.base import Regularizer, zero_like
+from regcollide.regularizers.base import Regularizer, full_precision, upcast, zero_like
 from regcollide.regularizers.selection import layer_stacks, select_layers, smaller_gram
 
 
@@ -48,6 +48,7 @@ class SoftOrthogonality(Regularizer):
         self.normalize, self.convention, self.layers = normalize, convention, layers
 
     def __call__(self, model: nn.Module, batch: dict[str, Tensor], outputs: Tensor) -> Tensor:
-        terms = [soft_orthogonality(stack, self.normalize) for layer in select_layers(model, self.layers)
-                 for stack in layer_stacks(layer, self.convention)]
+        with full_precision(outputs):
+            terms = [soft_orthogonality(upcast(stack), self.normalize)
+                     for layer in select_layers(model, self.layers) for stack in layer_stacks(layer, self.convention)]
         return torch.stack(terms).mean() if terms else zero_like(outputs)

@@ -53,7 +53,7 @@ import torch
 from torch import Tensor, nn
 
 from regcollide.layers import WeightLayer
-from regcollide.regularizers.base import Regularizer, check_positive, zero_like
+from regcollide.regularizers.base import Regularizer, check_positive, full_precision, upcast, zero_like
 from regcollide.regularizers.selection import layer_stacks, select_layers, smaller_gram
 
 
@@ -177,9 +177,14 @@ class MinSingularValuePenalty(Regularizer):
         refresh = self._step % self.refresh_every == 0
         if torch.is_grad_enabled():
             self._step += 1
+        with full_precision(outputs):
+            return self._penalty(model, outputs, refresh)
+
+    def _penalty(self, model: nn.Module, outputs: Tensor, refresh: bool) -> Tensor:
         terms = []
         for layer in select_layers(model, self.layers):
             for position, stack in enumerate(self.stacks(layer)):
+                stack = upcast(stack)
                 key = (layer.name, position)
                 if self.refresh_every > 1 and self._expensive(stack):
                     terms.append(self._rayleigh_penalty(stack, key, refresh or key not in self._vectors))
