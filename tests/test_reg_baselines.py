@@ -142,3 +142,10 @@ def test_robust_distillation_tracks_give_finite_gradients(robust):
     term.backward()
     assert torch.isfinite(term) and term.item() > 0
     assert all(torch.isfinite(p.grad).all() for p in student.parameters())
+
+
+def test_feature_distance_loss_gradcheck():
+    generator = torch.Generator().manual_seed(3)
+    student = torch.randn(5, 3, dtype=torch.float64, generator=generator).requires_grad_(True)
+    teacher = torch.randn(5, 4, dtype=torch.float64, generator=generator)
+    assert torch.autograd.gradcheck(lambda s: feature_distance_loss(s, teacher), (student,))
