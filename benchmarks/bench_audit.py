@@ -23,10 +23,17 @@ from regcollide.spectrum import audit
 DEFAULT_MODELS = ("tv:vgg16", "timm:vit_base_patch16_224")
 
 
-def baseline_ranks(model: torch.nn.Module) -> dict[str, int]:
+def baseline_ranks(model: torch.nn.Module, verbose: bool = False) -> dict[str, int]:
     """What a user would write: one full-SVD matrix_rank per weight matrix."""
+    ranks = {}
     with torch.no_grad():
-        return {layer.name: int(torch.linalg.matrix_rank(layer_matrix(layer))) for layer in iter_weight_layers(model)}
+        for layer in iter_weight_layers(model):
+            start = time.perf_counter()
+            matrix = layer_matrix(layer)
+            ranks[layer.name] = int(torch.linalg.matrix_rank(matrix))
+            if verbose:
+                print(f"  baseline {layer.name} {tuple(matrix.shape)}: {time.perf_counter() - start:.1f} s", flush=True)
+    return ranks
 
 
 def bench(name: str) -> tuple[float, float, int]:
@@ -36,8 +43,9 @@ def bench(name: str) -> tuple[float, float, int]:
     start = time.perf_counter()
     result = audit(model, input_shape=(3, 224, 224), name=name)
     ours = time.perf_counter() - start
+    print(f"{name}: audit {ours:.1f} s ({result.n_weights} matrices); running the baseline ...", flush=True)
     start = time.perf_counter()
-    reference = baseline_ranks(model)
+    reference = baseline_ranks(model, verbose=True)
     base = time.perf_counter() - start
     disagreements = [layer.name for layer in result.layers if layer.rank != reference[layer.name]]
     svd_layers = sum(layer.method == "svd" for layer in result.layers)

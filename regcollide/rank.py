@@ -205,6 +205,8 @@ def ranks_of(
 ) -> list[RankInfo]:
     """Rank summaries of many matrices at once: equal shapes are batched, repeats come from the cache."""
     results: list[RankInfo | None] = [None] * len(matrices)
+    # half/bfloat16 weights: LAPACK has no such SVD; audit them as float32 (tolerance eps(float32)).
+    matrices = [m if m.dtype in (torch.float32, torch.float64) else m.float() for m in matrices]
     keys = [_cache_key(mat, rtol, atol, cosines) for mat in matrices]
     groups: dict[tuple, list[int]] = {}
     for i, (mat, key) in enumerate(zip(matrices, keys, strict=True)):
