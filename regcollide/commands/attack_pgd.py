@@ -32,7 +32,8 @@ from regcollide.commands.options import (
                    "[default: 4·eps, at most 1 for linf].")
 @click.option("--bisection-steps", type=click.IntRange(min=0), default=7, show_default=True,
               help="Bisection iterations of the ε* search.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Samples per PGD batch (bounds memory).")
 @click.option("--checks/--no-checks", default=True, show_default=True,
               help="Run the sanity checks (monotonicity, large ε, doubled steps/restarts, gradients, ...).")
 @click.option("--autoattack", is_flag=True, help="Also run AutoAttack (standard) at the same norm and ε.")
