@@ -87,7 +87,7 @@ def markdown(rows: list[dict], convention: str) -> str:
                  f"`{r['first_layer_name']}` ({r['first_shape']})"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Models built at random init with torch {torch.__version__}; "
-              "audit time per model is in the JSON next to this table when `--json` is given.", ""]
+              "`--json FILE` also writes every row (with audit time per model) as JSON.", ""]
     return "\n".join(lines)
 
 
