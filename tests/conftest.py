@@ -16,8 +16,17 @@ TRAINED_MLP_MIN_ACC = 0.93
 def train_mlp(seed: int = 0, epochs: int = 10, width: float = 1.0) -> torch.nn.Module:
     """A plain AdamW + one-cycle loop on mnist5k/train: seconds on CPU, deterministic for a seed.
 
-    Measured: 94.4% (seed 0) and 94.9% (seed 1) test accuracy.
+    Measured: 94.8% test accuracy for seed 0.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 784-256-256 MLP at batch 128 is faster on one thread than on two
+    try:
+        return _train_mlp(seed, epochs, width)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_mlp(seed: int, epochs: int, width: float) -> torch.nn.Module:
     from regcollide.data import load_dataset, make_loader
     from regcollide.models import create_model
 
