@@ -134,36 +134,40 @@ class PGD:
         x = images[ids]  # (B, C, H, W) clean inputs of the active samples
         alpha = eps * (self.alpha / self.eps)  # float or (B, 1, 1, 1)
         adv = x.clone() if noise is None else torch.clamp(x + eps * noise, min=0, max=1)
+        first_seen = torch.full_like(ids, -1)  # (B,) only tracked without early stop
         for t in range(self.steps + 1):
-            last = t == self.steps
+            last, step_count = t == self.steps, restart * self.steps + t
             adv.requires_grad_(not last)
             with torch.set_grad_enabled(not last):
                 logits = self.model(adv)  # (B, K); the last forward only checks the final iterate
             with torch.no_grad():
                 pred = logits.argmax(1)
-                fooled = pred == tgt if self.targeted else pred != tgt
-                new = fooled & (first[ids] < 0)
-                first[ids[new]] = restart * self.steps + t
-            if self.early_stop and fooled.any():
+                fooled = pred == tgt if self.targeted else pred != tgt  # (B,)
+                if not self.early_stop:
+                    first_seen = torch.where(fooled & (first_seen < 0), step_count, first_seen)
+            drop = self.early_stop and bool(fooled.any())
+            if drop:  # broken now: record this iterate, then drop it so it stops costing compute
                 adv_out[ids[fooled]] = adv.detach()[fooled]
-                success[ids[fooled]] = True
+                success[ids[fooled]], first[ids[fooled]] = True, step_count
             if last:
                 break
-            keep = ~fooled if self.early_stop else torch.ones_like(fooled)
-            if not keep.any():
-                return
-            loss = F.cross_entropy(logits[keep], tgt[keep]) if not keep.all() else F.cross_entropy(logits, tgt)
+            if drop:
+                keep = ~fooled
+                if not keep.any():
+                    return
+                loss = F.cross_entropy(logits[keep], tgt[keep])
+            else:
+                loss = F.cross_entropy(logits, tgt)
             grad = torch.autograd.grad(-loss if self.targeted else loss, adv)[0]
-            if not keep.all():  # drop broken samples so they stop costing compute
+            if drop:
                 adv, x, grad, ids, tgt = adv[keep], x[keep], grad[keep], ids[keep], tgt[keep]
                 eps, alpha = _take(eps, keep), _take(alpha, keep)
             adv = self._step(adv.detach(), x, grad, eps, alpha)
-        if self.early_stop:
-            adv_out[ids[~fooled]] = adv.detach()[~fooled]
-        else:
-            adv_out[ids] = adv.detach()
+        adv_out[ids] = adv.detach()  # last iterate (with early stop, a fooled one was already recorded)
+        if not self.early_stop:
             success[ids[fooled]] = True
-            first[ids[~fooled]] = -1  # fooled mid-way but recovered: not a success in this mode
+            # fooled mid-way but recovered is not a success in this mode
+            first[ids] = torch.where(fooled, first_seen, -1)
 
     def _step(self, adv: Tensor, x: Tensor, grad: Tensor, eps, alpha) -> Tensor:
         """Ascent step, projection onto the ε-ball, clip to [0, 1] (torchattacks' order)."""
