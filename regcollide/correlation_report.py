@@ -122,9 +122,9 @@ def scatter_grid(study: CorrelationStudy, path: str | Path, groups: list[str] | 
             title = t.skipped[:28] if t.skipped else f"ρ={t.spearman:+.2f}" + (" *" if t.significant else "")
             ax.set_title(title, fontsize=8, color="crimson" if t.significant else "black")
             ax.tick_params(labelsize=6)
+            # Rows share the structural metric (x), columns the ease metric (y): label both on every panel.
             ax.set_xlabel(_label(s), fontsize=7)
-            if j == 0:
-                ax.set_ylabel(_label(e), fontsize=7)
+            ax.set_ylabel(_label(e), fontsize=7)
     handles, labels = axes[0][0].get_legend_handles_labels()
     if len(palette) > 1 and handles:
         fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), fontsize=8)
