@@ -18,7 +18,7 @@ from regcollide.evaluate_parts import merge_shards, run_nullspace
 
 CONTRACT = ("name", "model", "dataset", "training", "clean_acc", "pgd", "autoattack", "audit", "nullspace",
             "polytope", "seed", "versions", "weights_hash", "settings", "settings_hash", "timings")
-FAST = {"n": 60, "pgd_steps": 5, "pgd_check_n": 20, "parts": ["clean", "pgd"]}
+FAST = {"n": 40, "pgd_steps": 3, "pgd_check_n": 8, "pgd_bisection_steps": 2, "parts": ["clean", "pgd"]}
 
 
 def make_run(folder: Path, name: str = "mlp", width: float = 0.25, steps: int = 50, seed: int = 0,
@@ -65,14 +65,14 @@ def test_entry_contract_and_direct_agreement(run):
     assert entry["versions"]["torch"] and entry["versions"]["python"]
 
     model, _ = load_run(run)
-    x, y = load_tensors("mnist5k", "test", n=60, seed=0)
+    x, y = load_tensors("mnist5k", "test", n=40, seed=0)
     with torch.no_grad():
         direct = int((model(x).argmax(1) == y).sum()) / len(y)
     assert entry["clean_acc"] == pytest.approx(direct, abs=1e-12)
     assert entry["clean_acc"] > 0.4   # the few training steps learned something (chance is 0.1)
     pgd = entry["pgd"]
     assert pgd["clean_acc"] == pytest.approx(direct) and pgd["robust_acc"] <= pgd["clean_acc"]
-    assert pgd["eps"] == 0.1 and pgd["steps"] == 5 and pgd["n"] == 60
+    assert pgd["eps"] == 0.1 and pgd["steps"] == 3 and pgd["n"] == 40
     for part in ("autoattack", "audit", "nullspace", "polytope"):
         assert entry[part] is None and "not selected" in entry["skipped"][part]
     assert set(entry["part_hashes"]) == {"clean", "pgd"}
