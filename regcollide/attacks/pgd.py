@@ -96,6 +96,10 @@ class PGD:
         eps_all = self.eps if eps is None else eps
         if isinstance(eps_all, Tensor) and eps_all.shape != (n,):
             raise ValueError(f"a per-sample eps must have shape ({n},), got {tuple(eps_all.shape)}")
+        if isinstance(eps_all, Tensor) and not bool((eps_all > 0).all()):
+            raise ValueError("every per-sample eps must be > 0")
+        if target_labels is not None and target_labels.shape != labels.shape:
+            raise ValueError(f"target_labels must have shape {tuple(labels.shape)}")
         adv = images.detach().clone()
         success = torch.zeros(n, dtype=torch.bool, device=images.device)
         first = torch.full((n,), -1, dtype=torch.long, device=images.device)
