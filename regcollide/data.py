@@ -37,7 +37,7 @@ import datasets
 
 MNIST5K_SEED = 0
 MNIST5K_TEST_PER_CLASS = 100
-MNIST5K_CACHE_VERSION = "v1"
+MNIST5K_CACHE_VERSION = "v2"
 OFFLINE_ALTERNATIVES = (
     "Offline alternatives: 'mnist5k' (embedded, 5000 MNIST digits), 'parquet:<path>' (parquet files in the "
     "hub's image layout) or 'imagefolder:<dir>' (class-named folders of images). A dataset already in the "
@@ -75,14 +75,18 @@ def _mnist5k_csv() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _mnist5k_split_indices(labels: np.ndarray) -> dict[str, np.ndarray]:
-    """Stratified, seeded split: per class, the first 100 of a permutation go to test, the rest to train."""
+    """Stratified, seeded split: per class, the first 100 of a permutation go to test, the rest to train.
+
+    Each split is stored in a seeded random order, never sorted by class, so that any prefix of it (the
+    first n images an evaluator takes) is a class mixture rather than a run of zeros.
+    """
     rng = np.random.default_rng(MNIST5K_SEED)
     train, test = [], []
     for cls in range(10):
         idx = rng.permutation(np.flatnonzero(labels == cls))
         test.append(idx[:MNIST5K_TEST_PER_CLASS])
         train.append(idx[MNIST5K_TEST_PER_CLASS:])
-    return {"train": np.sort(np.concatenate(train)), "test": np.sort(np.concatenate(test))}
+    return {"train": rng.permutation(np.concatenate(train)), "test": rng.permutation(np.concatenate(test))}
 
 
 def _image_features(shape: tuple[int, int, int]) -> datasets.Features:
@@ -265,13 +269,16 @@ def dataset_info(spec: str = "mnist5k") -> DatasetInfo:
 
 def load_tensors(spec: str = "mnist5k", split: str = "test", n: int | None = None,
                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The whole split, or the first ``n`` of a seeded permutation, as ``(N,C,H,W)`` and ``(N,)`` tensors."""
+    """The whole split, or the first ``n`` of a seeded permutation, as ``(N,C,H,W)`` and ``(N,)`` tensors.
+
+    The subset keeps the permutation's order, so a prefix of it (``images[:k]``) is again a random subset.
+    """
     ds = load_dataset(spec, split).with_format("numpy")
     if n is not None:
         if n < 1:
             raise DataError(f"n must be positive, got {n}.")
         order = np.random.default_rng(seed).permutation(len(ds))[: min(n, len(ds))]
-        ds = ds.select(np.sort(order))
+        ds = ds.select(order)
     return _as_tensors(ds)
 
 

@@ -143,3 +143,11 @@ def test_adapt_images_replicates_and_resizes():
     out = adapt_images(images, 3, 56)
     assert out.shape == (2, 3, 56, 56) and out.min() >= 0 and out.max() <= 1
     assert torch.equal(out[:, 0], out[:, 2])
+
+
+def test_prefixes_are_class_mixtures():
+    """Evaluators take the first k images of a subset: those must not be a run of one class."""
+    _, labels = load_tensors("mnist5k", "test")
+    assert len(set(labels[:50].tolist())) >= 8
+    _, subset = load_tensors("mnist5k", "test", n=200, seed=0)
+    assert len(set(subset[:32].tolist())) >= 7
