@@ -98,7 +98,7 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings | dict | None = Non
 def _test_tensors(data_spec: str, settings: EvalSettings, todo: list[str], model):
     from regcollide.data import load_tensors
 
-    needs = {"clean": settings.n, "pgd": settings.n, "autoattack": settings.autoattack_n,
+    needs = {"clean": settings.n, "pgd": settings.n, "autoattack": parts_.autoattack_subset(settings),
              "nullspace": settings.nullspace_n, "polytope": settings.n, "audit": 0}
     n = max(needs[p] for p in todo)
     if n == 0:
@@ -116,7 +116,7 @@ def _run_part(part: str, model, images, labels, settings: EvalSettings, config: 
     elif part == "pgd":
         out = parts_.run_pgd(model, images[:settings.n], labels[:settings.n], settings, accelerator)
     elif part == "autoattack":
-        k = settings.autoattack_n
+        k = parts_.autoattack_subset(settings)  # a prefix of PGD's images, so the two are comparable
         out = parts_.run_autoattack(model, images[:k], labels[:k], settings, accelerator)
     else:
         # Deterministic per-model parts: computed once on the main process, then shared.
@@ -210,6 +210,9 @@ def _entry(run_dir, config, data_spec, settings, w_hash, hashes, outcomes) -> di
             entry["skipped"][part] = "not selected in the eval settings"
             continue
         entry[ENTRY_KEY[part]] = out.value
+        if part == "autoattack" and isinstance(out.value, dict):
+            pgd = outcomes.get("pgd")
+            entry["autoattack"] = parts_.compare_to_pgd(out.value, pgd.value if pgd is not None else None)
         entry["part_hashes"][part] = hashes[part]
         entry["timings"][part] = round(out.seconds, 3)
         if out.reason is not None:

@@ -138,6 +138,43 @@ def run_autoattack(model, images, labels, settings: EvalSettings, accelerator=No
                               seed=settings.seed)
 
 
+def autoattack_subset(settings: EvalSettings) -> int:
+    """How many images AutoAttack attacks: the first k of PGD's ``n`` (never images PGD did not see)."""
+    return min(settings.autoattack_n, settings.n)
+
+
+def compare_to_pgd(autoattack: dict, pgd: dict | None) -> dict:
+    """AutoAttack's result plus PGD's accuracies on the very images AutoAttack attacked.
+
+    AutoAttack runs on the first k of PGD's images, so PGD's per-sample ε* (0 for a misclassified image,
+    ≤ ε when PGD broke it at ε, > ε when it did not) gives PGD's verdict on exactly those k. AutoAttack
+    starts with APGD-CE, a stronger PGD, so its robust accuracy above PGD's on the same images points to
+    a broken evaluation (gradient masking, randomness, mismatched images) and is flagged.
+    """
+    from regcollide.attacks.checks import make_flag
+
+    ids = ("autoattack_weaker_than_pgd", "autoattack_subset_mismatch")
+    out = {**autoattack, "flags": [f for f in autoattack.get("flags", []) if f.get("id") not in ids]}
+    k, eps_star = autoattack.get("n") or 0, (pgd or {}).get("eps_star") or []
+    if not k or len(eps_star) < k:
+        out["pgd_robust_acc_same_subset"] = out["pgd_clean_acc_same_subset"] = None
+        return out
+    eps = pgd["eps"]
+    pgd_robust = sum(e > eps for e in eps_star[:k]) / k
+    pgd_clean = sum(e > 0 for e in eps_star[:k]) / k
+    out.update(subset=f"first {k} of the {len(eps_star)} PGD images",
+               pgd_robust_acc_same_subset=pgd_robust, pgd_clean_acc_same_subset=pgd_clean)
+    if autoattack["robust_acc"] > pgd_robust:
+        out["flags"].append(make_flag(ids[0], (
+            f"AutoAttack robust accuracy {autoattack['robust_acc']:.3f} exceeds PGD's {pgd_robust:.3f} on the "
+            f"same {k} images; AutoAttack should be at least as strong, so suspect the evaluation")))
+    if autoattack["clean_acc"] != pgd_clean:
+        out["flags"].append(make_flag(ids[1], (
+            f"clean accuracy {autoattack['clean_acc']:.3f} under AutoAttack but {pgd_clean:.3f} under PGD on "
+            f"what should be the same {k} images")))
+    return out
+
+
 def run_audit(model, input_shape: tuple[int, ...]) -> PartOutcome:
     from regcollide.spectrum import audit
 

@@ -26,7 +26,9 @@ class EvalSettings:
     """What to evaluate and how hard. Defaults suit a small CPU study on mnist5k.
 
     ``n`` test images feed clean accuracy and PGD; AutoAttack, Null-space and polytope use their own
-    (smaller) counts because they cost more per image. ``data`` overrides the run's dataset spec.
+    (smaller) counts because they cost more per image. AutoAttack attacks the first
+    ``min(autoattack_n, n)`` of PGD's images, so its robust accuracy compares with PGD's on the same ones.
+    ``data`` overrides the run's dataset spec.
     """
 
     parts: tuple[str, ...] = PARTS
@@ -116,6 +118,9 @@ def settings_hash(settings: EvalSettings) -> str:
 def part_hash(part: str, settings: EvalSettings, weights: str, data_spec: str) -> str:
     """Cache key of one part: weights + dataset + exactly the settings that part reads."""
     relevant = {k: getattr(settings, k) for k in _PART_KEYS[part]}
+    if part == "autoattack":
+        # AutoAttack attacks the first min(autoattack_n, n) of PGD's images; n matters only below that.
+        relevant["autoattack_n"] = min(settings.autoattack_n, settings.n)
     return _digest({"part": part, "weights": weights, "data": data_spec, "settings": relevant})
 
 

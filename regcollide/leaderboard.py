@@ -157,9 +157,10 @@ def _sizes(rows: list[dict], key: str) -> str:
 
 
 def footnote(rows: list[dict]) -> str | None:
-    """Sample sizes (AutoAttack and PGD may use different test subsets) and the PGD-fallback rows."""
-    notes = [f"AutoAttack on the first {_sizes(rows, '_aa_n')} test images, PGD on the first "
-             f"{_sizes(rows, '_pgd_n')}; the two columns are measured on different subsets."]
+    """Sample sizes (AutoAttack attacks a prefix of PGD's images) and the PGD-fallback rows."""
+    notes = [f"PGD on {_sizes(rows, '_pgd_n')} test images (a seeded random class mixture); AutoAttack on "
+             f"the first {_sizes(rows, '_aa_n')} of those same images, so its robust accuracy is compared with "
+             "PGD's on that prefix in the entry (autoattack.pgd_robust_acc_same_subset)."]
     fallback = [r["name"] for r in rows if r["_score_source"] == "pgd"]
     if fallback:
         notes.append("† No AutoAttack result for " + ", ".join(fallback) + ": ranked by PGD robust accuracy, "

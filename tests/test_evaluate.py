@@ -100,6 +100,59 @@ def test_cache_reuses_only_unchanged_parts(run, tmp_path):
     assert sorted(evaluate_run(other, FAST)["cached_parts"]) == ["clean", "pgd"]
 
 
+def test_autoattack_runs_on_a_prefix_of_the_pgd_images_and_is_not_weaker(run, monkeypatch):
+    import regcollide.evaluate_parts as parts_
+    from regcollide.data import load_tensors
+
+    seen = {}
+
+    def spy(name):
+        real = getattr(parts_, name)
+
+        def wrapped(model, images, labels, settings, accelerator=None):
+            seen[name] = (images.clone(), labels.clone())
+            return real(model, images, labels, settings, accelerator)
+        monkeypatch.setattr(parts_, name, wrapped)
+
+    spy("run_pgd")
+    spy("run_autoattack")
+    settings = {**FAST, "n": 24, "pgd_steps": 10, "autoattack_n": 8, "parts": ["pgd", "autoattack"]}
+    entry = evaluate_run(run, settings, cache={})
+
+    x, y = load_tensors("mnist5k", "test", n=24, seed=0)
+    assert torch.equal(seen["run_pgd"][0], x) and torch.equal(seen["run_pgd"][1], y)
+    assert torch.equal(seen["run_autoattack"][0], x[:8]) and torch.equal(seen["run_autoattack"][1], y[:8])
+    assert len(set(y[:8].tolist())) >= 4   # the prefix is a class mixture, not one sorted class
+
+    aa, pgd = entry["autoattack"], entry["pgd"]
+    assert aa["n"] == 8 and pgd["n"] == 24
+    robust = [e > pgd["eps"] for e in pgd["eps_star"][:8]]   # PGD's own verdict on AutoAttack's images
+    assert aa["pgd_robust_acc_same_subset"] == pytest.approx(sum(robust) / 8)
+    assert aa["pgd_clean_acc_same_subset"] == pytest.approx(aa["clean_acc"])
+    assert aa["clean_acc"] > aa["robust_acc"]   # something was actually broken
+    assert aa["robust_acc"] <= aa["pgd_robust_acc_same_subset"]
+    assert not [f for f in aa["flags"] if f["id"] in ("autoattack_weaker_than_pgd", "autoattack_subset_mismatch")]
+
+
+def test_autoattack_subset_and_weaker_than_pgd_flag():
+    from regcollide.evaluate_parts import autoattack_subset, compare_to_pgd
+
+    assert autoattack_subset(EvalSettings(n=200, autoattack_n=32)) == 32
+    assert autoattack_subset(EvalSettings(n=20, autoattack_n=32)) == 20   # never beyond PGD's images
+    # PGD: 4 images, ε* = 0 (misclassified), 0.05 (broken at ε=0.1), 0.3 and 0.4 (robust) -> robust 2/4.
+    pgd = {"eps": 0.1, "eps_star": [0.0, 0.05, 0.3, 0.4]}
+    stronger = compare_to_pgd({"n": 4, "clean_acc": 0.75, "robust_acc": 0.25, "flags": []}, pgd)
+    assert stronger["pgd_robust_acc_same_subset"] == 0.5 and stronger["flags"] == []
+    weaker = compare_to_pgd({"n": 4, "clean_acc": 0.75, "robust_acc": 0.75, "flags": []}, pgd)
+    assert [f["id"] for f in weaker["flags"]] == ["autoattack_weaker_than_pgd"]
+    # Recomputed, not accumulated, when a cached entry is compared again.
+    assert compare_to_pgd(weaker, pgd)["flags"] == weaker["flags"]
+    mismatch = compare_to_pgd({"n": 4, "clean_acc": 1.0, "robust_acc": 0.25, "flags": []}, pgd)
+    assert [f["id"] for f in mismatch["flags"]] == ["autoattack_subset_mismatch"]
+    assert compare_to_pgd({"n": 4, "clean_acc": 1.0, "robust_acc": 0.25, "flags": []}, None)[
+        "pgd_robust_acc_same_subset"] is None
+
+
 def test_inapplicable_parts_are_null_with_reason(tmp_path):
     vit = make_run(tmp_path / "vit", name="vit-tiny", width=0.25, steps=1)
     entry = evaluate_run(vit, {"parts": ["polytope"], "n": 8}, cache={})
