@@ -84,16 +84,19 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], so
     model.load_state_dict(state, strict=True)
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load safetensors (or a ``torch.save`` state dict, with ``weights_only=True``) into ``model``."""
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, or of a ``torch.save`` state dict read with ``weights_only=True``."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"weights file '{path}' does not exist.")
+        raise CheckpointError(f"weights file '{path}' does not exist (weights load only from local files).")
     if path.suffix == ".safetensors":
-        state = load_file(str(path))
-    else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    load_state_dict_checked(model, state, source=str(path))
+        return load_file(str(path))
+    return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load safetensors (or a ``torch.save`` state dict, with ``weights_only=True``) into ``model``."""
+    load_state_dict_checked(model, read_state_dict(path), source=str(path))
     return model
 
 

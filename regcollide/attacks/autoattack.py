@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
-from regcollide.attacks.checks import eval_mode, make_flag
+from regcollide.attacks.checks import make_flag
+from regcollide.modes import eval_mode
 
 NORMS = {"linf": "Linf", "l2": "L2"}
 

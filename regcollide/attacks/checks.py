@@ -10,12 +10,13 @@ robustness with an ensemble of diverse parameter-free attacks", ICML 2020).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from itertools import pairwise
 
 import torch
 from torch import Tensor, nn
+
+from regcollide.modes import eval_mode
 
 Flag = dict[str, str]
 
@@ -30,17 +31,6 @@ RANDOMIZED_FORWARD = "randomized_forward"
 
 def make_flag(flag_id: str, message: str) -> Flag:
     return {"id": flag_id, "message": message}
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put the model in eval mode and restore its previous mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def check_monotone(eps: Sequence[float], accuracy: Sequence[float], tol: float = 0.0) -> list[Flag]:

@@ -6,9 +6,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
 from torch import nn
 
 from regcollide.models import resnet_cifar, small, vit  # noqa: F401  (registers the zoo)
@@ -43,20 +40,13 @@ def default_geometry(name: str) -> dict:
 
 
 def _load_local_weights(model: nn.Module, path: str) -> None:
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"pretrained file '{path}' does not exist (weights load only from local files).")
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from regcollide.checkpoints import load_state_dict_checked, read_state_dict
 
-        state = load_file(str(file))
-    else:
-        state = torch.load(str(file), map_location="cpu", weights_only=True)
+    state = read_state_dict(path)
+    # A file saved from the bare timm/torchvision network has no "net." prefix: load it into the net.
     target = model.net if isinstance(model, WithNormalize) and not any(k.startswith("net.") for k in state) \
         else model
-    from regcollide.checkpoints import load_state_dict_checked
-
-    load_state_dict_checked(target, state, source=str(file))
+    load_state_dict_checked(target, state, source=str(path))
 
 
 def create_model(name: str, num_classes: int | None = None, in_chans: int | None = None,

@@ -13,26 +13,15 @@ already updated them once).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from regcollide.modes import eval_mode
 from regcollide.regularizers.base import Regularizer, check_positive
 
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run a block with ``model.eval()`` and restore the previous train/eval mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def kl_pgd(model: nn.Module, images: Tensor, target_probs: Tensor, eps: float, alpha: float, steps: int,

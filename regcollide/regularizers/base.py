@@ -38,7 +38,12 @@ class Regularizer:
         return model
 
     def finalize(self, model: nn.Module) -> nn.Module:
-        """Undo training-only wrappers before weights are saved; the default changes nothing."""
+        """Undo training-only wrappers before weights are saved; the default removes the forward hooks
+        a subclass kept in ``self._hooks``."""
+        for hook in getattr(self, "_hooks", ()):
+            hook.remove()
+        if hasattr(self, "_hooks"):
+            self._hooks.clear()
         return model
 
     def __call__(self, model: nn.Module, batch: dict[str, Tensor], outputs: Tensor) -> Tensor:

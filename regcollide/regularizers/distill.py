@@ -112,12 +112,6 @@ class Distillation(Regularizer):
             self._hooks.append(last_linear(model).register_forward_pre_hook(self._keep_student_features))
         return model
 
-    def finalize(self, model: nn.Module) -> nn.Module:
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks.clear()
-        return model
-
     def _keep_student_features(self, module: nn.Module, inputs: tuple) -> None:
         self._captured["student"] = inputs[0]  # (B, D_student), still attached to the graph
 

@@ -154,12 +154,6 @@ class MinSingularValuePenalty(Regularizer):
                     self._hooks.append(layer.module.register_forward_pre_hook(self._record_size))
         return model
 
-    def finalize(self, model: nn.Module) -> nn.Module:
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks.clear()
-        return model
-
     def _record_size(self, module: nn.Module, inputs: tuple) -> None:
         self._input_sizes[id(module)] = tuple(inputs[0].shape[-2:])
 
