@@ -101,6 +101,9 @@ COLUMNS: list[Column] = [
     Column("clean_acc", "Clean %", lambda e: _pct(_get(e, "clean_acc")), "{:.1f}"),
     Column("robust_acc", "Robust %", lambda e: _pct(e["_score"]), "{:.1f}"),
     Column("autoattack_acc", "AutoAttack %", lambda e: _pct(_get(e, "autoattack", "robust_acc")), "{:.1f}"),
+    # PGD on exactly AutoAttack's images (a prefix of PGD's): AutoAttack % above it flags a broken evaluation.
+    Column("pgd_acc_aa_subset", "PGD % (AA images)",
+           lambda e: _pct(_get(e, "autoattack", "pgd_robust_acc_same_subset")), "{:.1f}"),
     Column("pgd_acc", "PGD %", lambda e: _pct(_get(e, "pgd", "robust_acc")), "{:.1f}"),
     Column("median_eps_star", "median ε*", lambda e: _get(e, "pgd", "median_eps_star"), "{:.3f}"),
     Column("nu", "ν", lambda e: _get(e, "audit", "nu"), "{:d}"),
@@ -159,8 +162,8 @@ def _sizes(rows: list[dict], key: str) -> str:
 def footnote(rows: list[dict]) -> str | None:
     """Sample sizes (AutoAttack attacks a prefix of PGD's images) and the PGD-fallback rows."""
     notes = [f"PGD on {_sizes(rows, '_pgd_n')} test images (a seeded random class mixture); AutoAttack on "
-             f"the first {_sizes(rows, '_aa_n')} of those same images, so its robust accuracy is compared with "
-             "PGD's on that prefix in the entry (autoattack.pgd_robust_acc_same_subset)."]
+             f"the first {_sizes(rows, '_aa_n')} of those same images, and PGD % (AA images) is PGD's robust "
+             "accuracy on that prefix, the number AutoAttack % must not exceed."]
     fallback = [r["name"] for r in rows if r["_score_source"] == "pgd"]
     if fallback:
         notes.append("† No AutoAttack result for " + ", ".join(fallback) + ": ranked by PGD robust accuracy, "

@@ -24,7 +24,8 @@ def fake_entry(name: str, aa: float | None, pgd: float, nu: int = 2, mu: int = 2
         "pgd": {"norm": "linf", "eps": 0.1, "steps": 10, "restarts": 1, "clean_acc": clean, "robust_acc": pgd,
                 "median_eps_star": eps_star, "mean_steps_to_success": steps, "curve": [],
                 "flags": [{"id": f, "message": f"check {f} failed"} for f in pgd_flags]},
-        "autoattack": None if aa is None else {"robust_acc": aa, "clean_acc": clean, "flags": []},
+        "autoattack": None if aa is None else {"robust_acc": aa, "clean_acc": clean, "flags": [],
+                                               "pgd_robust_acc_same_subset": pgd},
         "audit": {"nu": nu, "mu": mu, "n_weights": 3, "nu_frac": nu / 3, "mu_frac": mu / 3,
                   "total_nullity": nullity, "first_nullity": first, "structural_nullity": 8,
                   "excess_nullity": nullity - 8, "layers": layers},
@@ -71,6 +72,8 @@ def test_outputs_written(tmp_path):
     assert [r["name"] for r in rows] == ["at", "sing", "erm"]
     assert float(rows[1]["autoattack_acc"]) == pytest.approx(20.0)
     assert rows[0]["autoattack_acc"] == "" and rows[0]["ranked_by"] == "pgd"
+    assert float(rows[1]["pgd_acc_aa_subset"]) == pytest.approx(30.0) and rows[0]["pgd_acc_aa_subset"] == ""
+    assert "PGD % (AA images)" in md and "the first" in md
 
     page = paths["html"].read_text()
     assert "<script>" in page and "<style>" in page
