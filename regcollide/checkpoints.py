@@ -129,13 +129,14 @@ def load_run(run_dir: str | os.PathLike) -> tuple[nn.Module, dict]:
     return model.eval(), config
 
 
-def resolve_model(model: str, checkpoint: str | None = None,
-                  data_spec: str | None = "mnist5k") -> tuple[nn.Module, dict]:
+def resolve_model(model: str, checkpoint: str | None = None, data_spec: str | None = "mnist5k",
+                  init_seed: int = 0) -> tuple[nn.Module, dict]:
     """What the CLI calls: a MODEL name, optionally with a run folder, -> (model in eval mode, info).
 
     ``info`` has ``name``, ``input_shape`` (C, H, W), ``num_classes`` (None for detection/segmentation
     defaults), ``data`` and ``checkpoint``. Registry models take their geometry from the dataset; timm and
-    torchvision models keep their own (ImageNet) geometry, and data is adapted to it.
+    torchvision models keep their own (ImageNet) geometry, and data is adapted to it. A model without a
+    checkpoint is built at a random init drawn from ``init_seed`` (the global RNG is left untouched).
     """
     from regcollide.models import create_model, default_geometry, is_external
 
@@ -159,7 +160,10 @@ def resolve_model(model: str, checkpoint: str | None = None,
 
         data = dataset_info(data_spec)
         geometry = {"num_classes": data.num_classes, "in_chans": data.in_chans, "img_size": data.img_size}
-    net = create_model(model, **{k: v for k, v in geometry.items() if v is not None})
+    # Random init is seeded, so two audits or attacks of the same untrained MODEL report the same numbers.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        net = create_model(model, **{k: v for k, v in geometry.items() if v is not None})
     info = {"name": model, "input_shape": (geometry["in_chans"], geometry["img_size"], geometry["img_size"]),
             "num_classes": geometry["num_classes"], "data": data_spec, "checkpoint": None}
     return net.eval(), info

@@ -71,3 +71,18 @@ def test_pretrained_file_loads_locally_and_rejects_other_architectures(tmp_path)
     assert torch.equal(source(x), clone(x))
     with pytest.raises(CheckpointError, match=r"shape mismatch: .*1\.weight \(256, 784\) vs model \(128, 784\)"):
         create_model("mlp", width=0.5, pretrained_file=str(tmp_path / "w.safetensors"))
+
+
+def test_cli_random_init_is_seeded_and_leaves_the_global_rng_alone():
+    from regcollide.checkpoints import resolve_model
+
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    first, _ = resolve_model("mlp")
+    after = torch.rand(1)
+    second, _ = resolve_model("mlp")
+    other, _ = resolve_model("mlp", init_seed=1)
+    assert torch.equal(before, after)
+    assert all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters()))
+    assert not torch.equal(first[1].weight, other[1].weight)
