@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import multiprocessing
 import os
 import subprocess
@@ -171,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - start
     record = {"wall_seconds": round(total, 1), "jobs": args.jobs, "members": timings, "eval_settings": settings,
               "headline": summary}
-    (out / "study.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    from regcollide.results import write_json
+
+    write_json(record, out / "study.json")
     print(f"study: {len(entries)} models in {total / 60:.1f} min -> {out}/report.md, {out}/leaderboard.md")
     for line in summary["all"]["significant"] or ["no correlation significant after Holm correction"]:
         print("  " + line)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 CONFIG_FILE, WEIGHTS_FILE = "config.yaml", "model.safetensors"
@@ -51,18 +51,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
     """Save ``model``'s state dict as safetensors, atomically."""
-    path = Path(path)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, save(state))
 
 
 def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:

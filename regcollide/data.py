@@ -263,7 +263,7 @@ def dataset_info(spec: str = "mnist5k") -> DatasetInfo:
     c, h, w = ds.features["image"].shape
     if h != w:
         raise DataError(f"{spec}: images are {h}x{w}; regcollide's models expect square images.")
-    num_classes = int(_as_tensors(ds)[1].max()) + 1
+    num_classes = int(_labels(ds).max()) + 1
     return DatasetInfo(spec, num_classes=num_classes, in_chans=int(c), img_size=int(h))
 
 
@@ -288,6 +288,11 @@ def _as_tensors(ds: datasets.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     images = torch.from_numpy(np.ascontiguousarray(columns["image"], dtype=np.float32))
     labels = torch.from_numpy(np.asarray(columns["label"], dtype=np.int64))
     return images, labels
+
+
+def _labels(ds: datasets.Dataset) -> np.ndarray:
+    """The label column alone: reading class counts must not decode every image."""
+    return np.asarray(ds.select_columns(["label"]).with_format("numpy")[:]["label"], dtype=np.int64)
 
 
 def adapt_images(images: torch.Tensor, in_chans: int, img_size: int) -> torch.Tensor:
@@ -337,7 +342,7 @@ def describe(spec: str) -> dict:
     out: dict = {"spec": spec, "splits": {}}
     for split in ("train", "test"):
         ds = load_dataset(spec, split)
-        labels = _as_tensors(ds)[1].numpy()
+        labels = _labels(ds)
         counts = np.bincount(labels).tolist()
         out["splits"][split] = {"size": len(ds), "shape": list(ds.features["image"].shape),
                                 "class_counts": counts,

@@ -30,11 +30,13 @@ from regcollide.evaluate_settings import (
     PER_MODEL_PARTS,
     EvalSettings,
     PartOutcome,
+    autoattack_subset,
     package_versions,
     part_hash,
     settings_hash,
     weights_hash,
 )
+from regcollide.results import read_json
 
 __all__ = ["PARTS", "EvalSettings", "evaluate_run"]
 
@@ -74,9 +76,7 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings | dict | None = Non
                                 "(train one with train/regularized.py)")
     model, config = load_run(run_dir)
     if accelerator is not None:
-        model = model.to(accelerator.device)
-    was_training = model.training
-    model.eval()
+        model = model.to(accelerator.device)  # load_run already put the fresh model in eval mode
 
     data_spec = settings.data or config.get("data", {}).get("spec", "mnist5k")
     w_hash = weights_hash(weights_file)
@@ -91,14 +91,13 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings | dict | None = Non
         for part in tqdm(todo, desc=f"eval {run_dir.name}", disable=not (progress and is_main)):
             outcomes[part] = _run_part(part, model, images, labels, settings, config, outcomes,
                                        accelerator, is_main)
-    model.train(was_training)
     return _entry(run_dir, config, data_spec, settings, w_hash, hashes, outcomes)
 
 
 def _test_tensors(data_spec: str, settings: EvalSettings, todo: list[str], model):
     from regcollide.data import load_tensors
 
-    needs = {"clean": settings.n, "pgd": settings.n, "autoattack": parts_.autoattack_subset(settings),
+    needs = {"clean": settings.n, "pgd": settings.n, "autoattack": autoattack_subset(settings),
              "nullspace": settings.nullspace_n, "polytope": settings.n, "audit": 0}
     n = max(needs[p] for p in todo)
     if n == 0:
@@ -116,7 +115,7 @@ def _run_part(part: str, model, images, labels, settings: EvalSettings, config: 
     elif part == "pgd":
         out = parts_.run_pgd(model, images[:settings.n], labels[:settings.n], settings, accelerator)
     elif part == "autoattack":
-        k = parts_.autoattack_subset(settings)  # a prefix of PGD's images, so the two are comparable
+        k = autoattack_subset(settings)  # a prefix of PGD's images, so the two are comparable
         out = parts_.run_autoattack(model, images[:k], labels[:k], settings, accelerator)
     else:
         # Deterministic per-model parts: computed once on the main process, then shared.
@@ -155,7 +154,7 @@ def _load_previous(cache: dict | str | Path | None, run_dir: Path) -> dict | Non
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        return read_json(path)
     except json.JSONDecodeError:
         return None  # a half-written or foreign file is simply not a cache
 

@@ -76,7 +76,7 @@ def merge_shards(results: list[dict], sizes: list[int]) -> dict:
             # A mean over the samples broken at eps: weight each shard by how many it broke.
             broken = [((r.get("clean_acc") or 0) - (r.get("robust_acc") or 0)) * n for r, n in zip(results, sizes)]
             merged[key] = _weighted(values, [round(b) for b in broken])
-        elif key in ("n", "n_censored"):
+        elif key == "n_censored":  # "n" is set from the shard sizes below
             merged[key] = sum(r.get(key) or 0 for r in results)
         elif isinstance(first, (int, float)) and not isinstance(first, bool) and len(set(values)) > 1:
             merged[key] = _weighted(values, sizes)
@@ -89,7 +89,7 @@ def merge_shards(results: list[dict], sizes: list[int]) -> dict:
             # Flags are dicts ({"id", "message"}); keep each distinct one once, in first-seen order.
             seen = {json.dumps(f, sort_keys=True): f for r in results for f in r.get(key, [])}
             merged[key] = list(seen.values())
-        elif isinstance(first, list) and key not in ("curve",):
+        elif isinstance(first, list):
             merged[key] = [v for r in results for v in r.get(key, [])]   # per-sample lists, e.g. eps_star
     if approximated:
         merged.setdefault("flags", [])
@@ -107,17 +107,9 @@ def _sharded_evaluator(fn, images, labels, accelerator, **kwargs) -> PartOutcome
     return PartOutcome(value=merge_shards([r for r, _ in gathered], [n for _, n in gathered]))
 
 
-def _import_evaluate_pgd():
-    # The PGD-ease evaluator may live beside the attack (pgd.py) or in its own file (ease.py).
-    try:
-        from regcollide.attacks.pgd import evaluate_pgd
-    except ImportError:
-        from regcollide.attacks.ease import evaluate_pgd
-    return evaluate_pgd
-
-
 def run_pgd(model, images, labels, settings: EvalSettings, accelerator=None) -> PartOutcome:
-    evaluate_pgd = _import_evaluate_pgd()
+    from regcollide.attacks.ease import evaluate_pgd
+
 
     def call(x, y, **kw):
         return evaluate_pgd(model, x, y, **kw)
@@ -137,10 +129,6 @@ def run_autoattack(model, images, labels, settings: EvalSettings, accelerator=No
     return _sharded_evaluator(call, images, labels, accelerator, norm=settings.norm, eps=settings.eps,
                               seed=settings.seed)
 
-
-def autoattack_subset(settings: EvalSettings) -> int:
-    """How many images AutoAttack attacks: the first k of PGD's ``n`` (never images PGD did not see)."""
-    return min(settings.autoattack_n, settings.n)
 
 
 def compare_to_pgd(autoattack: dict, pgd: dict | None) -> dict:

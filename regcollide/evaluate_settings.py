@@ -115,12 +115,17 @@ def settings_hash(settings: EvalSettings) -> str:
     return _digest(d)
 
 
+def autoattack_subset(settings: EvalSettings) -> int:
+    """How many images AutoAttack attacks: the first k of PGD's ``n`` (never images PGD did not see)."""
+    return min(settings.autoattack_n, settings.n)
+
+
 def part_hash(part: str, settings: EvalSettings, weights: str, data_spec: str) -> str:
     """Cache key of one part: weights + dataset + exactly the settings that part reads."""
     relevant = {k: getattr(settings, k) for k in _PART_KEYS[part]}
     if part == "autoattack":
         # AutoAttack attacks the first min(autoattack_n, n) of PGD's images; n matters only below that.
-        relevant["autoattack_n"] = min(settings.autoattack_n, settings.n)
+        relevant["autoattack_n"] = autoattack_subset(settings)
     return _digest({"part": part, "weights": weights, "data": data_spec, "settings": relevant})
 
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from regcollide.modes import eval_mode
+
 __all__ = [
     "WeightLayer",
     "example_inputs",
@@ -158,8 +160,8 @@ def layer_shape(layer_or_module: WeightLayer | nn.Module, convention: str = "pap
     return [(int(b.shape[0]), int(b.shape[1])) for b in blocks]
 
 
-def _is_detection_model(model: nn.Module) -> bool:
-    # torchvision detection models take a list of (C, H, W) images in eval mode.
+def is_detection_model(model: nn.Module) -> bool:
+    """torchvision detection models take a list of (C, H, W) images and return one dict per image."""
     from torchvision.models import detection
 
     kinds = tuple(
@@ -176,12 +178,12 @@ def example_inputs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple:
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     generator = torch.Generator().manual_seed(0)
     image = torch.rand(1, *input_shape, generator=generator).to(device=device, dtype=dtype)  # (1, C, H, W)
-    if _is_detection_model(model):
+    if is_detection_model(model):
         return ([image[0]],)
     return (image,)
 
 
-class _StopForward(Exception):
+class StopForward(Exception):
     """Raised from a hook to end a forward pass early once we know what we came for."""
 
 
@@ -212,7 +214,7 @@ def _run_with_hooks(model: nn.Module, example_input, stop_after_first: bool) -> 
                 seen.add(name)
                 order.append(name)
         if stop_after_first and order:
-            raise _StopForward
+            raise StopForward
 
     by_module: dict[int, list[WeightLayer]] = {}
     for layer in layers:
@@ -229,13 +231,11 @@ def _run_with_hooks(model: nn.Module, example_input, stop_after_first: bool) -> 
         else:
             names = [entry.name for entry in layer_list]
             handles.append(module.register_forward_pre_hook(lambda m, a, names=names: mark(names, m, a)))
-    was_training = model.training
-    model.eval()
     args = example_input if isinstance(example_input, tuple) else (example_input,)
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(*args)
-    except _StopForward:
+    except StopForward:
         pass
     except Exception as err:  # a wrong input shape surfaces deep inside the model: say what to fix
         raise ValueError(
@@ -245,7 +245,6 @@ def _run_with_hooks(model: nn.Module, example_input, stop_after_first: bool) -> 
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     return order
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from regcollide.leaderboard_html import render_html
+from regcollide.results import read_json
 
 # Keys that mark a JSON file as an eval entry rather than some other result file in the same folder.
 _ENTRY_KEYS = ("name", "audit", "pgd", "autoattack")
@@ -36,7 +37,7 @@ def load_entries(directory: str | Path) -> list[dict]:
     entries = []
     for path in sorted(directory.glob("*.json")):
         try:
-            data = json.loads(path.read_text())
+            data = read_json(path)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} is not valid JSON ({err}); delete it or re-run `regcollide eval`") from err
         if isinstance(data, dict) and all(k in data for k in _ENTRY_KEYS):

@@ -80,11 +80,10 @@ def test_crash_while_saving_weights_keeps_the_previous_file(tmp_path, monkeypatc
     save_weights(mlp(8), path)
     before = path.read_bytes()
 
-    def crash(state, filename):
-        Path(filename).write_bytes(b"half a file")
+    def crash(fd):  # the new bytes are in the temporary file, not yet renamed over the old one
         raise KeyboardInterrupt("simulated crash")
 
-    monkeypatch.setattr(checkpoints, "save_file", crash)
+    monkeypatch.setattr(checkpoints.os, "fsync", crash)
     with pytest.raises(KeyboardInterrupt):
         save_weights(mlp(4), path)
     assert path.read_bytes() == before

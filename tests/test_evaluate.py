@@ -135,7 +135,8 @@ def test_autoattack_runs_on_a_prefix_of_the_pgd_images_and_is_not_weaker(run, mo
 
 
 def test_autoattack_subset_and_weaker_than_pgd_flag():
-    from regcollide.evaluate_parts import autoattack_subset, compare_to_pgd
+    from regcollide.evaluate_parts import compare_to_pgd
+    from regcollide.evaluate_settings import autoattack_subset
 
     assert autoattack_subset(EvalSettings(n=200, autoattack_n=32)) == 32
     assert autoattack_subset(EvalSettings(n=20, autoattack_n=32)) == 20   # never beyond PGD's images

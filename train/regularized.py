@@ -38,6 +38,7 @@ from regcollide import checkpoints
 from regcollide.checkpoints import MetricsLog, TrainState
 from regcollide.config import Config, ConfigError, dump_config, instantiate, load_config
 from regcollide.data import load_dataset, make_loader
+from regcollide.modes import eval_mode
 from regcollide.training import (EpochSampler, RegularizerStates, TrainingDiverged, build_optimizer,
                                  learning_rate)
 
@@ -73,15 +74,13 @@ def get_dataloaders(config: Config) -> tuple[DataLoader, DataLoader]:
 @torch.no_grad()
 def evaluate_accuracy(model, loader, accelerator: Accelerator) -> float:
     """Clean accuracy over the whole (sharded) test loader; duplicates from padding are dropped."""
-    was_training = model.training
-    model.eval()
     correct = total = 0
-    for batch in loader:
-        preds = model(batch["image"]).argmax(dim=1)  # (B,)
-        preds, labels = accelerator.gather_for_metrics((preds, batch["label"]))
-        correct += int((preds == labels).sum())
-        total += labels.numel()
-    model.train(was_training)
+    with eval_mode(model):
+        for batch in loader:
+            preds = model(batch["image"]).argmax(dim=1)  # (B,)
+            preds, labels = accelerator.gather_for_metrics((preds, batch["label"]))
+            correct += int((preds == labels).sum())
+            total += labels.numel()
     return correct / max(total, 1)
 
 

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from regcollide.attacks import checks as sanity
-from regcollide.attacks.pgd import PGD
+from regcollide.attacks.pgd import NORMS, PGD
+from regcollide.modes import eval_mode
 
 
 @dataclass
@@ -76,8 +77,8 @@ def evaluate_pgd(model: nn.Module, images: Tensor, labels: Tensor, norm: str = "
       * ``mean_steps_to_success`` averages, over correctly classified samples broken at ε, the gradient
         steps taken before the first fooling iterate (earlier failed restarts count their full steps).
     """
-    if norm not in ("linf", "l2"):
-        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     eps_max = float(eps_max) if eps_max is not None else default_eps_max(norm, eps)
     if eps_max <= eps:
         raise ValueError(f"eps_max ({eps_max}) must be larger than eps ({eps})")
@@ -88,7 +89,7 @@ def evaluate_pgd(model: nn.Module, images: Tensor, labels: Tensor, norm: str = "
                  restarts=restarts, batch_size=batch_size, seed=seed, progress=progress)
 
     t0 = time.perf_counter()
-    with torch.no_grad(), sanity.eval_mode(model):
+    with torch.no_grad(), eval_mode(model):
         correct = torch.cat([model(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]
                              for i in range(0, n, batch_size)]) if n else torch.zeros(0, dtype=torch.bool)
     cidx = correct.nonzero()[:, 0]  # (M,) indices of correctly classified samples

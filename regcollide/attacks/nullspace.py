@@ -31,6 +31,7 @@ from regcollide.attacks.nullspace_outputs import (call_model, compare, first_cal
                                                   split_output)
 from regcollide.attacks.nullspace_perturb import (MODES, default_mask, make_perturbations, masked_basis,
                                                   project_into_box)
+from regcollide.modes import eval_mode
 
 __all__ = ["MODES", "NullspaceError", "NullspaceOutput", "NullspaceResult", "NullspaceSearch",
            "evaluate_nullspace"]
@@ -115,16 +116,12 @@ class NullspaceSearch:
 
     @torch.no_grad()
     def search(self, images: Tensor) -> NullspaceOutput:
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             box = (torch.zeros_like(images), torch.ones_like(images)) if self.valid_image else (None, None)
             delta, plan, note = self.perturbations(images, *box)
             colliding = (images.double().repeat_interleave(self.collisions, 0) + delta).to(images.dtype)
             measured = measure(self.model, plan.layer_name, images, colliding, self.collisions, self.batch_size,
                                self.progress)
-        finally:
-            self.model.train(was_training)
         exact, reason = exactness(plan, note, measured["rel_output_residual"])
         return NullspaceOutput(images=colliding, perturbations=colliding - images.repeat_interleave(
             self.collisions, 0), source=torch.arange(len(images)).repeat_interleave(self.collisions),
@@ -144,14 +141,10 @@ def exactness(plan: KernelPlan, note: str | None, rel_residual: Tensor) -> tuple
     return True, plan.reason
 
 
-def _layer(model: nn.Module, name: str) -> nn.Module:
-    return model.get_submodule(name)
-
-
 def forward_with_first_layer(model: nn.Module, layer_name: str, images: Tensor, detection: bool):
     """(model output, W1 output) for one batch."""
     store: dict = {}
-    with first_call_hook(_layer(model, layer_name), store):
+    with first_call_hook(model.get_submodule(layer_name), store):
         output = call_model(model, images, detection)
     return output, store["output"]
 
@@ -255,12 +248,8 @@ def evaluate_nullspace(model: nn.Module, images: Tensor, labels: Tensor | None =
     step = out.perturbations.double().flatten(1).norm(dim=1)
     noise = noise * (step / noise.flatten(1).norm(dim=1)).view(-1, 1, 1, 1)
     noisy = (images.double().repeat_interleave(collisions, 0) + noise.to(images.device)).to(images.dtype)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         noise_measured = measure(model, out.plan.layer_name, images, noisy, collisions, batch_size, keep=0)
-    finally:
-        model.train(was_training)
     noise_rel = noise_measured["rel_output_residual"]
     worst = float(out.rel_output_residual.max())
     ratio = float(out.first_layer_ratio.max())

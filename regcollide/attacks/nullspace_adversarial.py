@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from regcollide.attacks.nullspace import NullspaceSearch, exactness, measure
+from regcollide.modes import eval_mode
 
 
 @dataclass
@@ -55,9 +56,7 @@ def colliding_adversarial(model: nn.Module, images: Tensor, labels: Tensor, eps:
 
     images (N, C, H, W) in [0, 1], labels (N,). The attack must respect the same L∞ budget ε.
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         if attack is None:
             from regcollide.attacks.pgd import PGD
 
@@ -75,8 +74,6 @@ def colliding_adversarial(model: nn.Module, images: Tensor, labels: Tensor, eps:
         colliding = (adversarial.double().repeat_interleave(k, 0) + delta).to(images.dtype)
         measured = measure(model, plan.layer_name, adversarial, colliding, k, batch_size, keep=0)
         logits = model(adversarial)
-    finally:
-        model.train(was_training)
     exact, reason = exactness(plan, note, measured["rel_output_residual"])
     moved = (colliding - adversarial.repeat_interleave(k, 0)).flatten(1)  # (N·K, D)
     groups = colliding.flatten(1).double().reshape(len(images), k, -1)  # (N, K, D)

@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from regcollide.attacks.nullspace_outputs import StopForward, call_model, first_call_hook
+from regcollide.attacks.nullspace_outputs import call_model, first_call_hook
+from regcollide.layers import StopForward
 from regcollide.layers import first_weight_layer, layer_matrix
 
 

@@ -14,14 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-
-def is_detection_model(model: nn.Module) -> bool:
-    """torchvision detection models take a list of (C, H, W) images and return one dict per image."""
-    from torchvision.models import detection
-
-    kinds = tuple(getattr(detection, n) for n in ("GeneralizedRCNN", "RetinaNet", "FCOS", "SSD")
-                  if hasattr(detection, n))
-    return any(isinstance(m, kinds) for m in model.modules())
+from regcollide.layers import StopForward, is_detection_model
 
 
 def call_model(model: nn.Module, images: Tensor, detection: bool | None = None):
@@ -54,10 +47,6 @@ def first_call_hook(module: nn.Module, store: dict, stop: bool = False) -> Itera
     finally:
         for handle in handles:
             handle.remove()
-
-
-class StopForward(Exception):
-    """Raised from a hook to end a forward pass once the first layer's input is known."""
 
 
 def split_output(output, n: int) -> list[dict[str, Tensor]]:

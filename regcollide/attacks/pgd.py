@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from regcollide.modes import eval_mode
+
 NORMS = ("linf", "l2")
 
 
@@ -104,9 +106,7 @@ class PGD:
         success = torch.zeros(n, dtype=torch.bool, device=images.device)
         first = torch.full((n,), -1, dtype=torch.long, device=images.device)
         gen = torch.Generator(device=images.device).manual_seed(self.seed)
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             chunks = range(0, n, self.batch_size)
             if self.progress:
                 from tqdm.auto import tqdm
@@ -129,8 +129,6 @@ class PGD:
                     if todo.any():
                         self._run(images, ids[todo], tgt[todo], _take(eps_b, todo),
                                   None if noise is None else noise[todo], r, adv, success, first)
-        finally:
-            self.model.train(was_training)
         return PGDOutput(adv=adv, success=success, first_success_step=first)
 
     def _run(self, images, ids, tgt, eps, noise, restart, adv_out, success, first) -> None:

@@ -41,6 +41,7 @@ from regcollide.attacks.polytope_metrics import (
     sphere_points,
 )
 from regcollide.attacks.polytope_search import INITS, PolytopeOutput, PolytopeSearch
+from regcollide.modes import eval_mode
 
 __all__ = ["PolytopeOutput", "PolytopeResult", "PolytopeSearch", "evaluate_polytope"]
 
@@ -106,9 +107,7 @@ def evaluate_polytope(
     gen = torch.Generator().manual_seed(seed)
     data_dist, pairs_used = data_distance(pool, data_pairs, gen)
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         rows = []
         for j in range(n_targets):
             search = PolytopeSearch(model, layer=layer, vertices=vertices, loss=loss, beta=beta, hold=hold,
@@ -117,8 +116,6 @@ def evaluate_polytope(
             out = search.search(images[j], None if other is None else images[other], int(labels[j]))
             layer = out.layer  # resolved once, then reused by the next targets
             rows.append(_measure(model, out, samples, gen, batch_size) | {"index": j, "init_index": other})
-    finally:
-        model.train(was_training)
 
     per_target = [{k: v for k, v in row.items() if k != "example"} for row in rows]
     mean = lambda key: sum(r[key] for r in per_target) / len(per_target)  # noqa: E731

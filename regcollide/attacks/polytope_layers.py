@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from regcollide.layers import StopForward
+
 _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_, Tensor.relu, Tensor.relu_}
 
 
@@ -95,10 +97,6 @@ def resolve_layer(model: nn.Module, layer: str | None, example: Tensor) -> str:
     return layer
 
 
-class _StopForward(Exception):
-    """Raised by the capture hook to skip the layers after the one we read."""
-
-
 @contextmanager
 def capture_preactivation(model: nn.Module, layer: str, stop: bool = False) -> Iterator[dict]:
     """Record the output of ``layer`` as ``store["z"]``, flattened to ``(B, D)``.
@@ -113,7 +111,7 @@ def capture_preactivation(model: nn.Module, layer: str, stop: bool = False) -> I
         if "z" not in store:  # a module called twice: the first call is the one we resolved
             store["z"] = output.clone().flatten(1)
             if stop:
-                raise _StopForward
+                raise StopForward
 
     handle = dict(model.named_modules())[layer].register_forward_hook(hook)
     try:
@@ -127,6 +125,6 @@ def run_to_layer(model: nn.Module, store: dict, x: Tensor) -> Tensor:
     store.pop("z", None)
     try:
         model(x)
-    except _StopForward:
+    except StopForward:
         pass
     return store["z"]

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from regcollide.attacks.polytope_layers import capture_preactivation, resolve_layer, run_to_layer
+from regcollide.modes import eval_mode
 
 LOSSES = ("li2019", "hinge")
 DEFAULT_HOLD = {"li2019": 1.0, "hinge": 10.0}
@@ -129,16 +130,12 @@ class PolytopeSearch:
         """
         if self.init == "other" and init_image is None:
             raise ValueError("init='other' needs init_image: an example of another class (C, H, W)")
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             if not self._layer_checked:
                 self.resolve_layer(target[None])
             out = self._search(target, init_image if self.init == "other" else target)
             out.target_label = target_label
             return out
-        finally:
-            self.model.train(was_training)
 
     def _search(self, target: Tensor, start: Tensor) -> PolytopeOutput:
         with torch.no_grad():

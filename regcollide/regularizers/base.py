@@ -9,6 +9,7 @@ their term already is the whole task loss.
 
 from __future__ import annotations
 
+import abc
 import inspect
 import types
 import typing
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 
-class Regularizer:
+class Regularizer(abc.ABC):
     """Base class: a penalty (or replacement task loss) computed from the model, the batch and its logits.
 
     Subclasses set ``name`` (the registry key), keep their hyperparameters as typed ``__init__`` keyword
@@ -46,8 +47,9 @@ class Regularizer:
             self._hooks.clear()
         return model
 
+    @abc.abstractmethod
     def __call__(self, model: nn.Module, batch: dict[str, Tensor], outputs: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The scalar term for this batch (see the class docstring for the shapes)."""
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{key}={getattr(self, key)!r}" for key in parameter_specs(type(self))

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from regcollide.regularizers.adversarial import PGDAdversarialTraining, kl_pgd
+from regcollide.regularizers.adversarial import PGDAdversarialTraining, default_step, kl_pgd
 from regcollide.regularizers.base import Regularizer, check_positive, model_device
 
 
@@ -130,8 +130,9 @@ class Distillation(Regularizer):
         """Teacher logits ``(B, K)`` (and penultimate features) on the clean batch, cached when allowed."""
         images = batch["image"]
         indices = batch.get("index")
-        fingerprints = self._fingerprints(images)  # (B,) cheap identity check
+        fingerprints = None
         if self.cache_teacher and indices is not None:
+            fingerprints = self._fingerprints(images)  # (B,) cheap identity check, only when caching
             keys = indices.tolist()
             hits = [self._cache.get(key) for key in keys]
             if all(hit is not None for hit in hits):
@@ -161,7 +162,7 @@ class Distillation(Regularizer):
         images, labels = batch["image"], batch["label"]
         if self.robust == "rslad":
             target = F.softmax(teacher_logits, dim=1)
-            step = self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+            step = default_step(self.eps, self.steps, self.step_size)
             adv = kl_pgd(model, images, target, self.eps, step, self.steps)
             loss = self.alpha * softened_kl(teacher_logits, model(adv), 1.0) \
                 + (1 - self.alpha) * softened_kl(teacher_logits, outputs, 1.0)
