@@ -20,6 +20,12 @@ $(BIN)/python:
 # Reinstall only when the project's metadata changes.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# torchattacks (the reference our PGD is tested against) pins an old requests; its real needs
+	# (torch, numpy, scipy, tqdm) are already installed, so skip its metadata.
+	$(BIN)/pip install --quiet --no-deps 'torchattacks==3.5.1'
+	# robustbench (rb: models) pins timm==1.0.9, older than the timm we test; its imports are listed in
+	# pyproject.toml, so install the package alone.
+	$(BIN)/pip install --quiet --no-deps 'robustbench==1.1.1'
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -15,10 +15,10 @@ import time
 
 import torch
 
-from regcollide import rank as rank_engine
-from regcollide.layers import iter_weight_layers, layer_matrix
+from regcollide.audit import rank as rank_engine
+from regcollide.audit.matrices import iter_weight_layers, layer_matrix
+from regcollide.audit.spectrum import audit
 from regcollide.models import create_model
-from regcollide.spectrum import audit
 
 DEFAULT_MODELS = ("tv:vgg16", "timm:vit_base_patch16_224")
 

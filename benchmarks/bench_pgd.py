@@ -12,8 +12,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from regcollide.attacks.ease import evaluate_pgd
-from regcollide.attacks.pgd import PGD
+from regcollide.attacks.pgd.attack import PGD
+from regcollide.attacks.pgd.ease import evaluate_pgd
 from regcollide.data import load_tensors
 from regcollide.models import create_model
 

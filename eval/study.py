@@ -5,7 +5,7 @@
 
 Steps, each skipping finished work so an interrupted study resumes where it stopped:
   1. train every zoo member with train/regularized.py (a run folder with model.safetensors is done);
-  2. evaluate it with regcollide.evaluate.evaluate_run into <out>/entries/<name>.json (parts whose
+  2. evaluate it with regcollide.evaluation.evaluate.evaluate_run into <out>/entries/<name>.json (parts whose
      weights and settings are unchanged are reused from the existing entry);
   3. write the leaderboard (Markdown, CSV, HTML) and the correlation report (Markdown, scatter PNG,
      CSV/JSON) into <out>, plus the same correlation restricted to the MLP family (one architecture, so
@@ -64,8 +64,8 @@ def train_member(member: dict, base: Path, runs_dir: Path, extra: list[str], log
 
 
 def evaluate_member(run: Path, settings: dict, entries_dir: Path) -> tuple[dict, float]:
-    from regcollide.evaluate import evaluate_run
-    from regcollide.results import write_json
+    from regcollide.evaluation.evaluate import evaluate_run
+    from regcollide.io import write_json
 
     target = entries_dir / f"{run.name}.json"
     start = time.perf_counter()
@@ -94,9 +94,9 @@ def study_member(member: dict, base: Path, runs_dir: Path, train_set: list[str],
 
 
 def report(entries: list[dict], out: Path, n_boot: int) -> dict:
-    from regcollide.correlation import correlate_entries
-    from regcollide.correlation_report import write_correlation_report
-    from regcollide.leaderboard import write_leaderboard
+    from regcollide.reports.correlation import correlate_entries
+    from regcollide.reports.correlation_report import write_correlation_report
+    from regcollide.reports.leaderboard import write_leaderboard
 
     write_leaderboard(entries, out, title="regcollide study: mnist5k zoo")
     study = correlate_entries(entries, n_boot=n_boot)
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - start
     record = {"wall_seconds": round(total, 1), "jobs": args.jobs, "members": timings, "eval_settings": settings,
               "headline": summary}
-    from regcollide.results import write_json
+    from regcollide.io import write_json
 
     write_json(record, out / "study.json")
     print(f"study: {len(entries)} models in {total / 60:.1f} min -> {out}/report.md, {out}/leaderboard.md")

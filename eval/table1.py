@@ -1,5 +1,5 @@
 """Table 1 of Ozbulak et al., "Exact Feature Collisions in Neural Networks" (arXiv:2205.15763, 2022),
-recomputed with ``regcollide.spectrum.audit`` for classification, segmentation and detection models.
+recomputed with ``regcollide.audit.spectrum.audit`` for classification, segmentation and detection models.
 
 Models are built at random init (nothing is downloaded). With ``--weights MODEL=FILE`` a local weights
 file (safetensors or ``torch.save`` state dict) is loaded instead; the table marks which rows are trained.
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from regcollide.audit.spectrum import audit
 from regcollide.models import create_model, default_geometry
-from regcollide.spectrum import audit
 
 ARCHITECTURES = {  # name -> (task, display name)
     "tv:alexnet": ("classification", "AlexNet"),

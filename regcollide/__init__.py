@@ -1,0 +1,69 @@
+"""regcollide: measure, attack, regularize and report feature collisions in neural networks.
+
+The public API is exported lazily: ``import regcollide`` costs nothing until a name is used, so the
+command line (``regcollide --help``) starts without importing torch. Every name in ``__all__`` resolves
+to the module that defines it (see ``_EXPORTS``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> "module:attribute"
+_EXPORTS: dict[str, str] = {
+    # models and data
+    "create_model": "regcollide.models:create_model",
+    "list_models": "regcollide.models:list_models",
+    "register_model": "regcollide.models.registry:register_model",
+    "load_dataset": "regcollide.data:load_dataset",
+    "load_tensors": "regcollide.data:load_tensors",
+    "make_loader": "regcollide.data:make_loader",
+    # run folders and safe I/O
+    "load_run": "regcollide.runs:load_run",
+    "save_weights": "regcollide.io:save_weights",
+    "load_weights": "regcollide.io:load_weights",
+    # the audit
+    "audit_model": "regcollide.audit.spectrum:audit",
+    "AuditResult": "regcollide.audit.spectrum:AuditResult",
+    # evaluators
+    "PGD": "regcollide.attacks.pgd.attack:PGD",
+    "evaluate_pgd": "regcollide.attacks.pgd.ease:evaluate_pgd",
+    "evaluate_autoattack": "regcollide.attacks.autoattack:evaluate_autoattack",
+    "NullspaceSearch": "regcollide.attacks.nullspace.search:NullspaceSearch",
+    "evaluate_nullspace": "regcollide.attacks.nullspace.search:evaluate_nullspace",
+    "colliding_adversarial": "regcollide.attacks.nullspace.adversarial:colliding_adversarial",
+    "PolytopeSearch": "regcollide.attacks.polytope.search:PolytopeSearch",
+    "evaluate_polytope": "regcollide.attacks.polytope.evaluate:evaluate_polytope",
+    # regularizers
+    "Regularizer": "regcollide.regularizers.base:Regularizer",
+    "build_regularizer": "regcollide.regularizers:build_regularizer",
+    "list_regularizers": "regcollide.regularizers:list_regularizers",
+    # evaluation and reports
+    "EvalSettings": "regcollide.evaluation.settings:EvalSettings",
+    "evaluate_run": "regcollide.evaluation.evaluate:evaluate_run",
+    "load_entries": "regcollide.reports.leaderboard:load_entries",
+    "write_leaderboard": "regcollide.reports.leaderboard:write_leaderboard",
+    "correlate_entries": "regcollide.reports.correlation:correlate_entries",
+    "write_correlation_report": "regcollide.reports.correlation_report:write_correlation_report",
+    # training
+    "load_config": "regcollide.training.config:load_config",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    target = _EXPORTS.get(name)
+    if target is None:
+        raise AttributeError(f"module 'regcollide' has no attribute {name!r}")
+    module, _, attribute = target.partition(":")
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value  # resolve once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

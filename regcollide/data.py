@@ -29,11 +29,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset as TorchDataset
-
-import datasets
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
 
 MNIST5K_SEED = 0
 MNIST5K_TEST_PER_CLASS = 100

@@ -10,7 +10,7 @@ Shaped like accelerate's ``examples/nlp_example.py`` and ``by_feature/checkpoint
 ``get_dataloaders`` -> ``training_function(config, args)`` -> a thin ``main``. The loss is the cross entropy
 (unless a regularizer such as PGD-AT replaces it) plus ``sum(weight * term)`` over the configured
 regularizers; every term is logged on its own in ``metrics.jsonl``. The run folder holds ``config.yaml``,
-``model.safetensors``, ``metrics.jsonl``, ``results.json`` (``regcollide.evaluate.evaluate_run``) and
+``model.safetensors``, ``metrics.jsonl``, ``results.json`` (``regcollide.evaluation.evaluate.evaluate_run``) and
 ``state/`` (accelerate states for ``--resume``).
 
 Determinism: the shuffle order depends only on (seed, epoch) and the learning rate only on the step
@@ -34,13 +34,13 @@ from accelerate.utils import is_tensorboard_available, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from regcollide import checkpoints
-from regcollide.checkpoints import MetricsLog, TrainState
-from regcollide.config import Config, ConfigError, dump_config, instantiate, load_config
+from regcollide import runs
+from regcollide._modes import eval_mode
 from regcollide.data import load_dataset, make_loader
-from regcollide.modes import eval_mode
-from regcollide.training import (EpochSampler, RegularizerStates, TrainingDiverged, build_optimizer,
-                                 learning_rate)
+from regcollide.io import save_weights
+from regcollide.runs import MetricsLog, TrainState
+from regcollide.training.config import Config, ConfigError, dump_config, instantiate, load_config
+from regcollide.training.state import EpochSampler, RegularizerStates, TrainingDiverged, build_optimizer, learning_rate
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 # Test hook: SIGKILL this process right after the given optimizer step (the kill-and-resume test).
@@ -147,13 +147,13 @@ def training_function(config: Config, args: argparse.Namespace) -> dict:
                               log_with="tensorboard" if config.train.tensorboard else None,
                               rng_types=[])  # the sampler is seeded by (seed, epoch): nothing to sync
     try:
-        run_dir, resuming = checkpoints.prepare_run_dir(config.out_dir, config.run_name, args.config_stem,
+        run_dir, resuming = runs.prepare_run_dir(config.out_dir, config.run_name, args.config_stem,
                                                         args.resume, args.overwrite, accelerator)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     config.out_dir, config.run_name = str(run_dir.parent), run_dir.name
     train_loader, test_loader = get_dataloaders(config)
-    checkpoints.create_run_dir(run_dir, dump_config(config), resuming, args.overwrite, accelerator)
+    runs.create_run_dir(run_dir, dump_config(config), resuming, args.overwrite, accelerator)
     optimizer = build_optimizer(config.train, model)
     model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
     raw_model = accelerator.unwrap_model(model)
@@ -163,7 +163,7 @@ def training_function(config: Config, args: argparse.Namespace) -> dict:
 
     log = MetricsLog(run_dir / "metrics.jsonl", accelerator)
     if resuming:
-        latest = checkpoints.latest_training_state(run_dir)
+        latest = runs.latest_training_state(run_dir)
         if latest is not None:
             accelerator.load_state(str(latest))
             accelerator.print(f"resumed from {latest} (epoch {state.epoch}, step {state.global_step})")
@@ -217,7 +217,7 @@ def training_function(config: Config, args: argparse.Namespace) -> dict:
                 window.zero_()
             if (config.train.checkpoint_every and state.global_step % config.train.checkpoint_every == 0
                     and state.step_in_epoch < steps_per_epoch):  # the epoch end saves its own state
-                checkpoints.save_training_state(accelerator, run_dir, state.global_step,
+                runs.save_training_state(accelerator, run_dir, state.global_step,
                                                 config.train.keep_checkpoints)
             if kill_at and state.global_step == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -227,19 +227,19 @@ def training_function(config: Config, args: argparse.Namespace) -> dict:
         log.write({"event": "epoch", "epoch": state.epoch, "step": state.global_step, "test_acc": test_acc})
         if test_acc is not None:
             bar.set_postfix(test_acc=f"{test_acc:.4f}")
-        checkpoints.save_training_state(accelerator, run_dir, state.global_step, config.train.keep_checkpoints)
+        runs.save_training_state(accelerator, run_dir, state.global_step, config.train.keep_checkpoints)
     bar.close()
     train_seconds = time.perf_counter() - started
 
     accelerator.wait_for_everyone()
     for reg in reversed(regularizers):
         raw_model = reg.finalize(raw_model)  # drop training-only wrappers (e.g. spectral norm)
-    digests = accelerator.gather_for_metrics([checkpoints.weights_digest(raw_model)], use_gather_object=True)
+    digests = accelerator.gather_for_metrics([runs.weights_digest(raw_model)], use_gather_object=True)
     shards = accelerator.gather_for_metrics([[state.samples_seen, state.shard_digest]], use_gather_object=True)
     log.write({"event": "end", "step": state.global_step, "weights_sha256": digests, "shards": shards,
                "num_processes": accelerator.num_processes, "train_seconds": train_seconds})
     if accelerator.is_main_process:
-        checkpoints.save_weights(raw_model, run_dir / "model.safetensors")
+        save_weights(raw_model, run_dir / "model.safetensors")
     accelerator.wait_for_everyone()
     results = final_evaluation(run_dir, config, accelerator) if config.eval.enabled else {}
     if accelerator.is_main_process:
@@ -250,8 +250,8 @@ def training_function(config: Config, args: argparse.Namespace) -> dict:
 
 def final_evaluation(run_dir: Path, config: Config, accelerator: Accelerator) -> dict:
     """The eval entry of the finished run, written to results.json (same code as `regcollide eval`)."""
-    from regcollide.evaluate import evaluate_run
-    from regcollide.results import write_json
+    from regcollide.evaluation.evaluate import evaluate_run
+    from regcollide.io import write_json
 
     entry = evaluate_run(run_dir, config.eval.settings(), accelerator=accelerator,
                          progress=config.train.progress)

@@ -1,5 +1,5 @@
-"""Evaluators: one attack per file (pgd, ease, autoattack, nullspace, polytope) plus sanity checks.
+"""Evaluators, one package per family: ``pgd`` (PGD and PGD ease), ``nullspace``, ``polytope``, plus
+``autoattack`` (the official standard AutoAttack) and ``checks`` (sanity flags).
 
-Kept import-free on purpose so `import regcollide.attacks` stays cheap; import the submodule you need,
-e.g. ``from regcollide.attacks.pgd import PGD``.
+Kept import-free so that importing one family does not pull in the others.
 """

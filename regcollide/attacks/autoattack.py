@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
+from regcollide._modes import eval_mode
 from regcollide.attacks.checks import make_flag
-from regcollide.modes import eval_mode
 
 NORMS = {"linf": "Linf", "l2": "L2"}
 

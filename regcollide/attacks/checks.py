@@ -16,7 +16,7 @@ from itertools import pairwise
 import torch
 from torch import Tensor, nn
 
-from regcollide.modes import eval_mode
+from regcollide._modes import eval_mode
 
 Flag = dict[str, str]
 

@@ -46,9 +46,9 @@ def nullspace(model, checkpoint, data, n, seed, beta, mode, collisions, valid_im
     """
     import torch
 
-    from regcollide.attacks.nullspace import evaluate_nullspace
-    from regcollide.attacks.nullspace_plot import save_grid
-    from regcollide.results import write_json
+    from regcollide.attacks.nullspace.plot import save_grid
+    from regcollide.attacks.nullspace.search import evaluate_nullspace
+    from regcollide.io import write_json
 
     net, images, labels, info = load_model_and_data(model, checkpoint, data, n, seed)
     result, output = evaluate_nullspace(net, images, labels, beta=beta, mode=mode, collisions=collisions,
@@ -56,7 +56,7 @@ def nullspace(model, checkpoint, data, n, seed, beta, mode, collisions, valid_im
                                         return_output=True)
     entry = result.to_dict() | {"data": info.get("data") or data, "checkpoint": info.get("checkpoint")}
     if adversarial_eps is not None:
-        from regcollide.attacks.nullspace_adversarial import colliding_adversarial
+        from regcollide.attacks.nullspace.adversarial import colliding_adversarial
 
         with torch.no_grad():
             logits = net(images)

@@ -48,8 +48,8 @@ def pgd(model, checkpoint, data, n, seed, norm, eps, steps, restarts, alpha, eps
     """
     import torch
 
-    from regcollide.attacks.ease import evaluate_pgd
-    from regcollide.results import write_json
+    from regcollide.attacks.pgd.ease import evaluate_pgd
+    from regcollide.io import write_json
 
     net, images, labels, info = load_model_and_data(model, checkpoint, data, n, seed)
     label_source = "dataset"

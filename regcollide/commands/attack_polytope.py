@@ -47,10 +47,10 @@ def polytope(model, checkpoint, data, n, seed, layer, vertices, samples, loss, i
     """
     import torch
 
-    from regcollide.attacks.polytope import evaluate_polytope
-    from regcollide.attacks.polytope_plot import plot_polytope
+    from regcollide.attacks.polytope.evaluate import evaluate_polytope
+    from regcollide.attacks.polytope.plot import plot_polytope
     from regcollide.data import adapt_images, load_tensors
-    from regcollide.results import write_json
+    from regcollide.io import write_json
 
     net, targets, target_labels, info = load_model_and_data(model, checkpoint, data, n, seed)
     pool, pool_labels = load_tensors(info.get("data") or data, "test", n=POOL, seed=seed + 1)

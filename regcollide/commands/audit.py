@@ -103,8 +103,8 @@ def audit(model, checkpoint, convention, rtol, atol, per_layer, fmt, out, input_
 
     Example: regcollide audit tv:alexnet --per-layer
     """
-    from regcollide.results import dumps
-    from regcollide.spectrum import audit as run_audit
+    from regcollide.audit.spectrum import audit as run_audit
+    from regcollide.io import dumps
 
     net, info = load_model(model, checkpoint, data)
     shape = tuple(input_size) if input_size else tuple(info["input_shape"])
@@ -118,7 +118,7 @@ def audit(model, checkpoint, convention, rtol, atol, per_layer, fmt, out, input_
     else:
         text = format_table(result, per_layer)
     if out:
-        from regcollide.checkpoints import atomic_write_bytes
+        from regcollide.io import atomic_write_bytes
 
         atomic_write_bytes(out, text.encode())
         click.echo(f"wrote {out}", err=True)

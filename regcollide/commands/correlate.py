@@ -22,9 +22,9 @@ def correlate(entries_dir, out, alpha, n_boot, seed):
     metric (median ε*, robust accuracy, steps to success, AutoAttack), with bootstrap CIs and Holm
     correction. Example: regcollide correlate results/ --out docs/study/
     """
-    from regcollide.correlation import correlate_entries
-    from regcollide.correlation_report import write_correlation_report
-    from regcollide.leaderboard import load_entries
+    from regcollide.reports.correlation import correlate_entries
+    from regcollide.reports.correlation_report import write_correlation_report
+    from regcollide.reports.leaderboard import load_entries
 
     entries = load_entries(entries_dir)
     study = correlate_entries(entries, alpha=alpha, n_boot=n_boot, seed=seed)

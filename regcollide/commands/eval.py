@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from regcollide.commands.options import ensure_out, user_errors
-from regcollide.evaluate_settings import PARTS
+from regcollide.evaluation.settings import PARTS
 
 
 def _parts(ctx, param, value: str) -> tuple[str, ...]:
@@ -54,8 +54,8 @@ def eval_cmd(runs, out, parts, data, n, norm, eps, pgd_steps, pgd_restarts, auto
     """
     from accelerate import Accelerator
 
-    from regcollide.evaluate import EvalSettings, evaluate_run
-    from regcollide.results import write_json
+    from regcollide.evaluation.evaluate import EvalSettings, evaluate_run
+    from regcollide.io import write_json
 
     settings = EvalSettings(parts=parts, data=data, n=n, norm=norm, eps=eps, pgd_steps=pgd_steps,
                             pgd_restarts=pgd_restarts, autoattack_n=autoattack_n, nullspace_n=nullspace_n,

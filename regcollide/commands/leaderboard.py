@@ -18,7 +18,7 @@ def leaderboard(entries_dir, out, title):
 
     Example: regcollide leaderboard results/ --out site/
     """
-    from regcollide.leaderboard import load_entries, write_leaderboard
+    from regcollide.reports.leaderboard import load_entries, write_leaderboard
 
     entries = load_entries(entries_dir)
     if not entries:

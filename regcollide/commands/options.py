@@ -54,8 +54,8 @@ def user_errors(fn: Callable) -> Callable:
 
 
 def load_model(model: str, checkpoint: str | None, data: str | None):
-    """(model in eval mode, info) — see :func:`regcollide.checkpoints.resolve_model`."""
-    from regcollide.checkpoints import resolve_model
+    """(model in eval mode, info) — see :func:`regcollide.runs.resolve_model`."""
+    from regcollide.models.resolve import resolve_model
 
     return resolve_model(model, checkpoint, data)
 

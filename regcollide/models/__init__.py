@@ -9,9 +9,13 @@ from __future__ import annotations
 from torch import nn
 
 from regcollide.models import resnet_cifar, small, vit  # noqa: F401  (registers the zoo)
-from regcollide.models.external import (create_timm, create_torchvision, timm_default_geometry,
-                                        torchvision_default_img_size)
-from regcollide.models.layers import Normalize, WithNormalize
+from regcollide.models.external import (
+    create_timm,
+    create_torchvision,
+    timm_default_geometry,
+    torchvision_default_img_size,
+)
+from regcollide.models.normalize import Normalize, WithNormalize
 from regcollide.models.registry import register_model, registered, registry_names
 
 __all__ = ["create_model", "list_models", "register_model", "default_geometry", "is_external",
@@ -40,7 +44,7 @@ def default_geometry(name: str) -> dict:
 
 
 def _load_local_weights(model: nn.Module, path: str) -> None:
-    from regcollide.checkpoints import load_state_dict_checked, read_state_dict
+    from regcollide.io import load_state_dict_checked, read_state_dict
 
     state = read_state_dict(path)
     # A file saved from the bare timm/torchvision network has no "net." prefix: load it into the net.

@@ -11,7 +11,7 @@ import difflib
 
 from torch import nn
 
-from regcollide.models.layers import IMAGENET_MEAN, IMAGENET_STD, Normalize, WithNormalize
+from regcollide.models.normalize import IMAGENET_MEAN, IMAGENET_STD, Normalize, WithNormalize
 
 
 def _unknown(kind: str, name: str, known: list[str]) -> ValueError:
@@ -57,15 +57,13 @@ def create_timm(name: str, num_classes: int | None, in_chans: int | None, img_si
 
 
 def is_detection(name: str) -> bool:
-    from torchvision.models import list_models
-    from torchvision.models import detection
+    from torchvision.models import detection, list_models
 
     return name in list_models(module=detection)
 
 
 def is_segmentation(name: str) -> bool:
-    from torchvision.models import list_models
-    from torchvision.models import segmentation
+    from torchvision.models import list_models, segmentation
 
     return name in list_models(module=segmentation)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from regcollide.models.layers import Normalize, default_stats, scaled
+from regcollide.models.normalize import Normalize, default_stats, scaled
 from regcollide.models.registry import register_model
 
 

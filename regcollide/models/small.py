@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from regcollide.models.layers import scaled
+from regcollide.models.normalize import scaled
 from regcollide.models.registry import register_model
 
 

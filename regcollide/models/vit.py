@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from regcollide.models.layers import Normalize, WithNormalize, default_stats, scaled
+from regcollide.models.normalize import Normalize, WithNormalize, default_stats, scaled
 from regcollide.models.registry import register_model
 
 

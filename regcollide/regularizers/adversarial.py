@@ -4,7 +4,7 @@ Both *replace* the task loss (``replaces_task_loss = True``): the term they retu
 classification loss, so the training script must not add the clean cross-entropy as well.
 
 BatchNorm semantics. The inner maximisation runs with the model in eval mode (running statistics, no
-statistics update; ``regcollide.attacks.pgd.PGD`` switches and restores the mode, and so does
+statistics update; ``regcollide.attacks.pgd.attack.PGD`` switches and restores the mode, and so does
 ``kl_pgd`` here), as the TRADES reference code does. The outer loss forward on the adversarial batch
 runs in the model's current mode, so in training BatchNorm normalises adversarial batches with their own
 statistics and updates its running averages with them (the clean forward that produced ``outputs`` has
@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from regcollide.modes import eval_mode
+from regcollide._modes import eval_mode
 from regcollide.regularizers.base import Regularizer, check_positive
-
 
 
 def kl_pgd(model: nn.Module, images: Tensor, target_probs: Tensor, eps: float, alpha: float, steps: int,
@@ -54,7 +53,7 @@ class PGDAdversarialTraining(Regularizer):
     """PGD adversarial training: cross-entropy on PGD adversarial examples (replaces the task loss).
 
     Madry, Makelov, Schmidt, Tsipras & Vladu, "Towards Deep Learning Models Resistant to Adversarial
-    Attacks" (ICLR 2018). The attack is ``regcollide.attacks.pgd.PGD`` (untargeted, maximises the
+    Attacks" (ICLR 2018). The attack is ``regcollide.attacks.pgd.attack.PGD`` (untargeted, maximises the
     cross-entropy, ε-ball in pixel units, images kept in [0, 1]).
 
     Args:
@@ -77,7 +76,7 @@ class PGDAdversarialTraining(Regularizer):
         self.seed, self._calls = seed, 0
 
     def adversarial(self, model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
-        from regcollide.attacks.pgd import PGD  # the attack package imports models; keep the registry light
+        from regcollide.attacks.pgd.attack import PGD  # the attack package imports models; keep the registry light
 
         # Full-length trajectories (no early stop: training wants the loss maximiser, not the first
         # fooling iterate) and a fresh random start per step (PGD seeds a private generator).

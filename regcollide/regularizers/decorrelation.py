@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from regcollide.layers import WeightLayer
+from regcollide.audit.matrices import WeightLayer
 from regcollide.regularizers.base import Regularizer, check_positive, full_precision, upcast, zero_like
 from regcollide.regularizers.selection import layer_stacks, select_layers
 

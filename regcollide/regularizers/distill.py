@@ -6,7 +6,7 @@ Tracks (``robust``):
   α · T² · KL(p_teacher^T ‖ p_student^T) + (1 − α) · CE(student(x), y), with p^T = softmax(logits / T).
 - ``ard``: Goldblum, Fowl, Feizi & Goldstein, "Adversarially Robust Distillation" (AAAI 2020): the same,
   but the student's softened prediction is taken on x' = PGD on the student's cross-entropy
-  (``regcollide.attacks.pgd.PGD``), matched to the teacher's prediction on the clean x.
+  (``regcollide.attacks.pgd.attack.PGD``), matched to the teacher's prediction on the clean x.
 - ``rslad``: Zi, Zhao, Ma & Jiang, "Revisiting Adversarial Robustness Distillation: Robust Soft Labels
   Make Student Better" (ICCV 2021): hard labels are replaced by the teacher's soft labels everywhere,
   α · KL(p_teacher(x) ‖ p_student(x')) + (1 − α) · KL(p_teacher(x) ‖ p_student(x)), with x' maximising the
@@ -17,7 +17,7 @@ features (the input of its last ``nn.Linear``) of the batch must match the teach
 mean (widths differ), with a Huber loss (the distance loss of Park, Kim, Lu & Cho, "Relational Knowledge
 Distillation", CVPR 2019). If the teacher separates two inputs, a student that collides them pays.
 
-The teacher is a run folder (``regcollide.checkpoints.load_run``) or an ``nn.Module``; it is frozen, kept
+The teacher is a run folder (``regcollide.runs.load_run``) or an ``nn.Module``; it is frozen, kept
 in eval mode and moved to the student's device in ``setup``. With ``cache_teacher`` its outputs are kept
 per ``batch["index"]``, valid only when an index always shows the same image (no augmentation): a
 fingerprint of each image is stored, and at the first mismatch the cache is dropped with a warning.
@@ -90,7 +90,7 @@ class Distillation(Regularizer):
         if not 0 <= alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
         if not isinstance(teacher, nn.Module):
-            from regcollide.checkpoints import load_run
+            from regcollide.runs import load_run
 
             teacher, _ = load_run(str(teacher))
         self.teacher = teacher.eval().requires_grad_(False)

@@ -11,7 +11,7 @@ import re
 import torch
 from torch import Tensor, nn
 
-from regcollide.layers import WeightLayer, iter_weight_layers, layer_matrix
+from regcollide.audit.matrices import WeightLayer, iter_weight_layers, layer_matrix
 
 
 def select_layers(model: nn.Module, pattern: str = "") -> list[WeightLayer]:

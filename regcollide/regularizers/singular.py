@@ -52,7 +52,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from regcollide.layers import WeightLayer
+from regcollide.audit.matrices import WeightLayer
 from regcollide.regularizers.base import Regularizer, check_positive, full_precision, upcast, zero_like
 from regcollide.regularizers.selection import layer_stacks, select_layers, smaller_gram
 
@@ -121,7 +121,7 @@ class MinSingularValuePenalty(Regularizer):
         measure: ``ratio`` (1 − σ_min/σ_max), ``rms`` (1 − σ_min/σ_rms) or ``logdet`` (isotropy).
         convention: ``paper`` (reshaped kernel) or ``grouped`` (per-group blocks), as in the audit.
         conv_operator: ``reshape`` (default) or ``fft`` (operator singular values of stride-1 Conv2d).
-        layers: regex on layer names (``regcollide.layers.iter_weight_layers``); empty selects all.
+        layers: regex on layer names (``regcollide.audit.matrices.iter_weight_layers``); empty selects all.
         refresh_every: decompose expensive layers every N steps, Rayleigh quotients in between.
         refresh_min_dim: a layer is expensive when (blocks · k³) ≥ refresh_min_dim³.
         jitter: eigenvalue floor relative to the mean eigenvalue (keeps gradients finite).

@@ -1,0 +1,209 @@
+"""Projected gradient descent (PGD), the first-order adversary of Madry et al.
+
+Reference: A. Madry, A. Makelov, L. Schmidt, D. Tsipras, A. Vladu, "Towards Deep Learning Models
+Resistant to Adversarial Attacks", ICLR 2018.
+
+PGD ease (ε*, the success curve and the sanity flags) is built on this attack in
+`regcollide.attacks.pgd.ease`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from regcollide._modes import eval_mode
+
+NORMS = ("linf", "l2")
+
+
+@dataclass
+class PGDOutput:
+    """What one PGD call returns (all on the device of the images)."""
+
+    adv: Tensor  # (N, C, H, W) adversarial examples, inside the ε-ball and [0, 1]
+    success: Tensor  # (N,) bool, the returned example fools the model
+    first_success_step: Tensor  # (N,) int64, gradient steps before the first fooling iterate; 0 clean; -1 never
+
+
+class PGD:
+    r"""PGD with L∞ or L2 budget, random start, restarts, untargeted or targeted (Madry et al., ICLR 2018).
+
+    Threat model: white-box, ‖x_adv − x‖ ≤ ε in the chosen norm, x_adv ∈ [0, 1]. Each step ascends the
+    mean cross-entropy (descends it towards the target when targeted) with a signed (L∞) or L2-normalized
+    gradient of size α, then projects onto the ε-ball and clips to [0, 1], in the same order as
+    torchattacks' `PGD` / `PGDL2` (step, project, clip).
+
+    Early stopping (``early_stop=True``, default): a sample counts as broken if the clean input or *any*
+    iterate (random start point included, any restart) fools the model; that point is returned and it leaves
+    the active batch, so it stops costing compute. With ``early_stop=False`` every sample runs all steps
+    and success means the *last* iterate fools the model, exactly torchattacks' semantics (a sample can be
+    fooled mid-way and recover). Per sample the trajectories are identical in both modes up to the first
+    success, so the early-stop success set is a superset of the last-iterate one.
+
+    Args:
+        model: maps images in [0, 1] to logits (B, K).
+        eps: budget ε in pixel units. (Default: 0.1)
+        alpha: step size; default 2.5·ε/steps (the rule of thumb from Madry et al.'s robustness library).
+        steps: gradient steps per restart. (Default: 40)
+        norm: "linf" or "l2". (Default: "linf")
+        random_start: start uniformly in the L∞ ball, or for L2 at a random direction with radius
+            U(0, 1)·ε (torchattacks' convention). (Default: True)
+        restarts: random restarts; later restarts only run on samples not yet broken. (Default: 1)
+        targeted: push the prediction to ``target_labels`` instead of away from ``labels``.
+        batch_size: samples per chunk; bounds memory. (Default: 256)
+        seed: seeds the random start (a private generator; the global RNG is untouched). (Default: 0)
+        early_stop: see above. (Default: True)
+        progress: show a tqdm bar over chunks. (Default: False)
+
+    Shape:
+        images (N, C, H, W) in [0, 1]; labels (N,) int64; target_labels (N,) int64 or None.
+        ``eps`` passed to the call overrides the budget, as a float or a per-sample (N,) tensor; the step
+        size then scales with it (α/ε is kept fixed).
+
+    Example::
+
+        >>> attack = PGD(model, eps=0.1, steps=40, norm="linf")
+        >>> out = attack(images, labels)
+        >>> robust_acc = 1 - out.success.float().mean()   # on correctly classified inputs
+    """
+
+    def __init__(self, model: nn.Module, eps: float = 0.1, alpha: float | None = None, steps: int = 40,
+                 norm: str = "linf", random_start: bool = True, restarts: int = 1, targeted: bool = False,
+                 batch_size: int = 256, seed: int = 0, early_stop: bool = True, progress: bool = False):
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        if steps < 1 or restarts < 1 or batch_size < 1:
+            raise ValueError("steps, restarts and batch_size must be >= 1")
+        if restarts > 1 and not random_start:
+            raise ValueError("restarts > 1 repeat the same deterministic run; set random_start=True")
+        self.model, self.eps, self.steps, self.norm = model, float(eps), int(steps), norm
+        self.alpha = float(alpha) if alpha is not None else 2.5 * self.eps / self.steps
+        if not self.alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {alpha}")
+        self.random_start, self.restarts, self.targeted = random_start, int(restarts), targeted
+        self.batch_size, self.seed, self.early_stop, self.progress = int(batch_size), seed, early_stop, progress
+
+    def __call__(self, images: Tensor, labels: Tensor, target_labels: Tensor | None = None,
+                 eps: float | Tensor | None = None) -> PGDOutput:
+        _check_inputs(images, labels)
+        if self.targeted != (target_labels is not None):
+            raise ValueError("pass target_labels exactly when targeted=True")
+        n = images.shape[0]
+        eps_all = self.eps if eps is None else eps
+        if isinstance(eps_all, Tensor) and eps_all.shape != (n,):
+            raise ValueError(f"a per-sample eps must have shape ({n},), got {tuple(eps_all.shape)}")
+        if isinstance(eps_all, Tensor) and not bool((eps_all > 0).all()):
+            raise ValueError("every per-sample eps must be > 0")
+        if target_labels is not None and target_labels.shape != labels.shape:
+            raise ValueError(f"target_labels must have shape {tuple(labels.shape)}")
+        adv = images.detach().clone()
+        success = torch.zeros(n, dtype=torch.bool, device=images.device)
+        first = torch.full((n,), -1, dtype=torch.long, device=images.device)
+        gen = torch.Generator(device=images.device).manual_seed(self.seed)
+        with eval_mode(self.model):
+            chunks = range(0, n, self.batch_size)
+            if self.progress:
+                from tqdm.auto import tqdm
+                chunks = tqdm(chunks, desc=f"PGD-{self.steps} {self.norm}", unit="batch")
+            for start in chunks:
+                ids = torch.arange(start, min(start + self.batch_size, n), device=images.device)
+                eps_b = eps_all[ids].to(images.dtype).view(-1, 1, 1, 1) if isinstance(eps_all, Tensor) \
+                    else float(eps_all)
+                tgt = target_labels[ids] if self.targeted else labels[ids]
+                if self.random_start and self.early_stop:  # a fooling clean input is broken at step 0
+                    with torch.no_grad():
+                        pred = self.model(images[ids]).argmax(1)
+                    done = ids[pred == tgt if self.targeted else pred != tgt]
+                    success[done], first[done] = True, 0
+                for r in range(self.restarts):
+                    # Noise is drawn for the whole chunk, so a sample's start point does not depend on
+                    # which other samples were already broken.
+                    noise = self._unit_noise(images[ids], gen) if self.random_start else None
+                    todo = ~success[ids]
+                    if todo.any():
+                        self._run(images, ids[todo], tgt[todo], _take(eps_b, todo),
+                                  None if noise is None else noise[todo], r, adv, success, first)
+        return PGDOutput(adv=adv, success=success, first_success_step=first)
+
+    def _run(self, images, ids, tgt, eps, noise, restart, adv_out, success, first) -> None:
+        """One restart on the samples `ids`; writes results into the output tensors in place."""
+        x = images[ids]  # (B, C, H, W) clean inputs of the active samples
+        alpha = eps * (self.alpha / self.eps)  # float or (B, 1, 1, 1)
+        adv = x.clone() if noise is None else torch.clamp(x + eps * noise, min=0, max=1)
+        first_seen = torch.full_like(ids, -1)  # (B,) only tracked without early stop
+        for t in range(self.steps + 1):
+            last, step_count = t == self.steps, restart * self.steps + t
+            adv.requires_grad_(not last)
+            with torch.set_grad_enabled(not last):
+                logits = self.model(adv)  # (B, K); the last forward only checks the final iterate
+            with torch.no_grad():
+                pred = logits.argmax(1)
+                fooled = pred == tgt if self.targeted else pred != tgt  # (B,)
+                if not self.early_stop:
+                    first_seen = torch.where(fooled & (first_seen < 0), step_count, first_seen)
+            drop = self.early_stop and bool(fooled.any())
+            if drop:  # broken now: record this iterate, then drop it so it stops costing compute
+                adv_out[ids[fooled]] = adv.detach()[fooled]
+                success[ids[fooled]], first[ids[fooled]] = True, step_count
+            if last:
+                break
+            if drop:
+                keep = ~fooled
+                if not keep.any():
+                    return
+                loss = F.cross_entropy(logits[keep], tgt[keep])
+            else:
+                loss = F.cross_entropy(logits, tgt)
+            grad = torch.autograd.grad(-loss if self.targeted else loss, adv)[0]
+            if drop:
+                adv, x, grad, ids, tgt = adv[keep], x[keep], grad[keep], ids[keep], tgt[keep]
+                eps, alpha = _take(eps, keep), _take(alpha, keep)
+            adv = self._step(adv.detach(), x, grad, eps, alpha)
+        adv_out[ids] = adv.detach()  # last iterate (with early stop, a fooled one was already recorded)
+        if not self.early_stop:
+            success[ids[fooled]] = True
+            # fooled mid-way but recovered is not a success in this mode
+            first[ids] = torch.where(fooled, first_seen, -1)
+
+    def _step(self, adv: Tensor, x: Tensor, grad: Tensor, eps, alpha) -> Tensor:
+        """Ascent step, projection onto the ε-ball, clip to [0, 1] (torchattacks' order)."""
+        if self.norm == "linf":
+            # in place on fresh buffers, same operations and rounding as adv + α·sign(g), clamp(adv − x)
+            delta = adv.add_(grad.sign_().mul_(alpha)).sub_(x)
+            return delta.clamp_(min=-eps, max=eps).add_(x).clamp_(min=0, max=1)
+        b = adv.shape[0]
+        grad = grad / (grad.reshape(b, -1).norm(p=2, dim=1) + 1e-10).view(b, 1, 1, 1)
+        delta = (adv + alpha * grad) - x
+        norms = delta.reshape(b, -1).norm(p=2, dim=1).view(b, 1, 1, 1)
+        delta = delta * torch.clamp(eps / norms, max=1.0)
+        return torch.clamp(x + delta, min=0, max=1)
+
+    def _unit_noise(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        """Start offsets for ε = 1 (scaled by each sample's ε later). (B, C, H, W)"""
+        if self.norm == "linf":
+            return torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1
+        b = x.shape[0]
+        d = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        r = torch.rand((b, 1, 1, 1), generator=gen, device=x.device, dtype=x.dtype)
+        return d / d.reshape(b, -1).norm(p=2, dim=1).view(b, 1, 1, 1) * r
+
+
+def _take(value, mask: Tensor):
+    """Select rows of a per-sample tensor; pass python floats through."""
+    return value[mask] if isinstance(value, Tensor) else value
+
+
+def _check_inputs(images: Tensor, labels: Tensor) -> None:
+    if images.dim() != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    if labels.shape != (images.shape[0],):
+        raise ValueError(f"labels must be ({images.shape[0]},), got {tuple(labels.shape)}")
+    if images.numel() and (images.min() < 0 or images.max() > 1):
+        raise ValueError("images must be in [0, 1]; put any normalization inside the model")
+

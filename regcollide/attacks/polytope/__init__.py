@@ -1,0 +1,6 @@
+"""The polytope search (Li, Zhang & Malik, "Approximate Feature Collisions in Neural Nets", NeurIPS 2019)."""
+
+from regcollide.attacks.polytope.evaluate import PolytopeResult, evaluate_polytope
+from regcollide.attacks.polytope.search import PolytopeOutput, PolytopeSearch
+
+__all__ = ["PolytopeOutput", "PolytopeResult", "PolytopeSearch", "evaluate_polytope"]

@@ -1,0 +1,1 @@
+"""Evaluation of trained models: one settings schema, parts registered by name, one JSON entry per model."""

@@ -1,0 +1,1 @@
+"""Training: the config schema, the resumable training state and the training loop."""

@@ -1,0 +1,344 @@
+"""Training configuration: dataclasses with defaults, YAML loading, `--set` overrides, strict validation.
+
+The shape follows nanoGPT's ``GPTConfig`` (a dataclass holds every default) and edm's
+``training_options.json`` (the resolved config is written next to the results). Every check runs before
+any work starts: an unknown key, a wrong type or an out-of-range value raises :class:`ConfigError`, whose
+one-line message names the key and, for a typo, the nearest valid key (``difflib``).
+
+Example::
+
+    cfg = load_config("configs/default.yaml", overrides=["train.epochs=3", "regularizers.0.weight=0.2"])
+    cfg.train.lr          # typed float
+    to_dict(cfg)          # plain dict, what the run folder's config.yaml holds
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem the user can fix; the message is one line that names the key."""
+
+
+def _range(lo: float | None = None, hi: float | None = None, lo_open: bool = False, **extra: Any) -> dict:
+    """Field metadata for a numeric range check (``lo_open`` excludes the lower bound)."""
+    return {"lo": lo, "hi": hi, "lo_open": lo_open, **extra}
+
+
+def _choices(*options: str) -> dict:
+    return {"choices": options}
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"                      # registry name, or timm:<name> / tv:<name>
+    width: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
+    num_classes: int | None = field(default=None, metadata=_range(2))   # None: from the dataset
+    in_chans: int | None = field(default=None, metadata=_range(1))      # None: from the dataset
+    img_size: int | None = field(default=None, metadata=_range(1))      # None: from the dataset
+
+
+@dataclass
+class DataConfig:
+    spec: str = "mnist5k"                  # mnist5k | hf:<id>[:<config>] | parquet:<path> | imagefolder:<dir>
+    limit_train: int | None = field(default=None, metadata=_range(1))   # first N training samples only
+    limit_test: int | None = field(default=None, metadata=_range(1))    # first N test samples only
+    num_workers: int = field(default=0, metadata=_range(0))
+
+
+@dataclass
+class RegularizerConfig:
+    name: str = "singular"                 # regcollide.regularizers.list_regularizers()
+    weight: float = field(default=1.0, metadata=_range(0.0))
+    params: dict = field(default_factory=dict)   # keyword arguments of build_regularizer(name, **params)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = field(default=3, metadata=_range(1))
+    batch_size: int = field(default=64, metadata=_range(1))   # per process
+    lr: float = field(default=0.05, metadata=_range(0.0, lo_open=True))
+    optimizer: str = field(default="sgd", metadata=_choices("sgd", "adam", "adamw"))
+    momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))      # sgd only
+    weight_decay: float = field(default=0.0, metadata=_range(0.0))
+    schedule: str = field(default="cosine", metadata=_choices("cosine", "constant", "linear"))
+    warmup_steps: int = field(default=0, metadata=_range(0))
+    grad_clip: float = field(default=0.0, metadata=_range(0.0))          # 0 disables clipping
+    checkpoint_every: int = field(default=0, metadata=_range(0))         # steps; 0: only at epoch ends
+    keep_checkpoints: int = field(default=2, metadata=_range(1))
+    log_every: int = field(default=20, metadata=_range(1))               # steps between metrics lines
+    progress: bool = True                                                # tqdm bar on the main process
+    tensorboard: bool = False                                            # accelerate tracker, if installed
+    mixed_precision: str = field(default="no", metadata=_choices("no", "fp16", "bf16"))
+    num_threads: int = field(default=0, metadata=_range(0))              # torch CPU threads; 0: torch's default
+
+
+@dataclass
+class EvalConfig:
+    """End-of-run evaluation; apart from the first two, the keys are ``regcollide.evaluation.evaluate`` settings."""
+
+    enabled: bool = True                   # evaluate at the end of the run and write results.json
+    every_epoch: bool = True               # clean test accuracy after each epoch (metrics.jsonl)
+    parts: list[str] = field(default_factory=lambda: ["clean", "pgd", "audit", "nullspace"])
+    n: int = field(default=1000, metadata=_range(1))                     # test images: clean acc and PGD
+    norm: str = field(default="linf", metadata=_choices("linf", "l2"))
+    eps: float = field(default=0.1, metadata=_range(0.0, lo_open=True))  # PGD/AutoAttack budget, pixels
+    pgd_steps: int = field(default=10, metadata=_range(1))
+    pgd_restarts: int = field(default=1, metadata=_range(1))
+    autoattack_n: int = field(default=100, metadata=_range(1))
+    nullspace_n: int = field(default=16, metadata=_range(1))
+    polytope_vertices: int = field(default=5, metadata=_range(1))
+    polytope_samples: int = field(default=500, metadata=_range(1))
+    batch_size: int = field(default=250, metadata=_range(1))
+    seed: int = field(default=0, metadata=_range(0))
+
+    def settings(self) -> dict:
+        """The keyword settings for ``regcollide.evaluation.evaluate.evaluate_run``."""
+        out = dataclasses.asdict(self)
+        del out["enabled"], out["every_epoch"]
+        return out
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    seed: int = field(default=0, metadata=_range(0))
+    regularizers: list[RegularizerConfig] = field(default_factory=list)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    out_dir: str = "runs"                  # parent folder of run folders
+    run_name: str | None = None            # None: the config file's stem (suffixed -2, -3 when taken)
+
+
+# ---------------------------------------------------------------- building from plain data
+
+
+def _fail(key: str, message: str) -> typing.NoReturn:
+    raise ConfigError(f"{key}: {message}" if key else message)
+
+
+def _suggest(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return f"{hint}valid keys: {', '.join(valid)}"
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats, nothing else is cast."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [t for t in options if t is not type(None)]
+        return _coerce(key, value, inner)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            _fail(key, f"expected a list, got {value!r}")
+        return [_coerce(f"{key}.{i}", v, item_tp) for i, v in enumerate(value)]
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            _fail(key, f"expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # PyYAML reads 1e-3 (no dot) as a string; accept any spelling float() understands
+            return float(value)
+        except ValueError:
+            pass
+    if tp is bool and not isinstance(value, bool):
+        _fail(key, f"expected true or false, got {value!r}")
+    if tp is int and isinstance(value, bool):
+        _fail(key, f"expected an integer, got {value!r}")
+    if not isinstance(value, tp):
+        _fail(key, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _check_meta(key: str, value: Any, meta: typing.Mapping) -> None:
+    if value is None:
+        return
+    if "choices" in meta and value not in meta["choices"]:
+        close = difflib.get_close_matches(str(value), meta["choices"], n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        _fail(key, f"invalid value {value!r}; {hint}choose from {', '.join(meta['choices'])}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
+        bound = f"> {lo}" if meta.get("lo_open") else f">= {lo}"
+        _fail(key, f"value {value!r} out of range; must be {bound}")
+    if hi is not None and value > hi:
+        _fail(key, f"value {value!r} out of range; must be <= {hi}")
+
+
+def _build(cls: type, data: Any, prefix: str = "") -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        _fail(prefix, f"expected a mapping of {cls.__name__} keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            full = f"{prefix}.{key}" if prefix else str(key)
+            _fail(full, f"unknown key; {_suggest(str(key), list(fields))}")
+    kwargs = {}
+    for name, value in data.items():
+        full = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(full, value, hints[name])
+        _check_meta(full, kwargs[name], fields[name].metadata)
+    return cls(**kwargs)
+
+
+def from_dict(data: dict) -> Config:
+    """Build a validated :class:`Config` from plain data (a parsed YAML file)."""
+    return _build(Config, data)
+
+
+def to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)
+
+
+# ---------------------------------------------------------------- overrides and files
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Apply ``a.b.c=value`` to nested plain data; the value is parsed as YAML (``3``, ``0.1``, ``[..]``)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment}: expected KEY=VALUE, e.g. train.epochs=3")
+    path, raw = assignment.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: cannot parse value {raw!r}: {str(err).splitlines()[0]}") from None
+    parts = path.strip().split(".")
+    node: Any = data
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        here = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                _fail(here, f"no list item {part!r} (the list has {len(node)} items)")
+            part = int(part)
+        elif not isinstance(node, dict):
+            _fail(here, f"cannot set a key inside {node!r}")
+        if last:
+            node[part] = value
+        else:
+            if isinstance(node, dict) and node.get(part) is None:
+                if parts[depth + 1].isdigit():
+                    _fail(here, f"no list to index with {parts[depth + 1]!r}; set the whole list instead")
+                node[part] = {}
+            node = node[part]
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read a YAML config (or start from the defaults), apply ``--set`` overrides and validate."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of config keys")
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return from_dict(data)
+
+
+def dump_config(config: Config) -> str:
+    """The resolved config as YAML text (the run folder's ``config.yaml``)."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+# ---------------------------------------------------------------- names that live in other registries
+
+
+def _one_line(err: BaseException) -> str:
+    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+
+
+def resolve(config: Config) -> Config:
+    """Fill the input geometry from the dataset and check the model and regularizer names.
+
+    Raises :class:`ConfigError` (one line, naming the key) for an unloadable dataset spec, an unknown model
+    or an unknown regularizer or parameter. Builds nothing heavy; :func:`instantiate` builds the objects.
+    """
+    from regcollide.data import dataset_info
+    from regcollide.models import list_models
+    from regcollide.regularizers import list_regularizers
+
+    try:
+        info = dataset_info(config.data.spec)
+    except (ValueError, OSError) as err:
+        raise ConfigError(f"data.spec: {_one_line(err)}") from None
+    model = config.model
+    model.num_classes = model.num_classes or info.num_classes
+    model.in_chans = model.in_chans or info.in_chans
+    model.img_size = model.img_size or info.img_size
+    if not model.name.startswith(("timm:", "tv:")) and model.name not in list_models():
+        valid = list_models()
+        close = difflib.get_close_matches(model.name, valid, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(f"model.name: unknown model {model.name!r}; {hint}choose from {', '.join(valid)} "
+                          "or use timm:<name> / tv:<name>")
+    valid_regs = list_regularizers()
+    for i, reg in enumerate(config.regularizers):
+        if reg.name not in valid_regs:
+            close = difflib.get_close_matches(reg.name, valid_regs, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ConfigError(f"regularizers.{i}.name: unknown regularizer {reg.name!r}; {hint}"
+                              f"choose from {', '.join(valid_regs)}")
+    try:
+        from regcollide.evaluation.settings import EvalSettings
+    except ImportError:  # the evaluation package is optional for training
+        return config
+    try:
+        EvalSettings.from_any(config.eval.settings())
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"eval: {_one_line(err)}") from None
+    return config
+
+
+def instantiate(config: Config) -> tuple[Any, list]:
+    """Build the model and the regularizers (``setup`` applied, in config order) of a resolved config."""
+    from regcollide.models import create_model
+    from regcollide.regularizers import build_regularizer
+
+    resolve(config)
+    m = config.model
+    try:
+        model = create_model(m.name, num_classes=m.num_classes, in_chans=m.in_chans, img_size=m.img_size,
+                             width=m.width)
+    except (ValueError, KeyError, RuntimeError, ImportError) as err:
+        raise ConfigError(f"model: cannot build {m.name!r}: {_one_line(err)}") from None
+    regularizers = []
+    for i, reg in enumerate(config.regularizers):
+        try:
+            regularizer = build_regularizer(reg.name, **reg.params)
+            model = regularizer.setup(model)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"regularizers.{i}.params: {_one_line(err)}") from None
+        regularizers.append(regularizer)
+    return model, regularizers
