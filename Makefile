@@ -4,13 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test study bench table1 lint clean help
+.PHONY: run test study study-quick bench bench-full table1 lint clean help
 
 help:
 	@echo "make run    - create .venv, install, train configs/default.yaml on mnist5k, print a summary"
 	@echo "make test   - create .venv, install, run the test suite"
 	@echo "make study  - train and evaluate the correlation-study zoo (configs/zoo/), write docs/study/"
-	@echo "make bench  - run the speed benchmarks (benchmarks/)"
+	@echo "make bench  - run the speed benchmarks in their quick mode (a few minutes)"
+	@echo "make bench-full - the long benchmarks (VGG-16, ViT-B/16, every registry model)"
 	@echo "make table1 - audit the Table-1 architectures into docs/table1.md"
 
 $(BIN)/python:
@@ -38,6 +39,9 @@ study: $(STAMP)
 	$(BIN)/python eval/study.py
 
 bench: $(STAMP)
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b --quick || exit 1; done
+
+bench-full: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 table1: $(STAMP)
