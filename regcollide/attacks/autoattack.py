@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from regcollide._modes import eval_mode
-from regcollide.attacks.checks import make_flag
+from regcollide.attacks.checks import Flag
 
 NORMS = {"linf": "Linf", "l2": "L2"}
 
@@ -31,7 +31,7 @@ class AutoAttackResult:
     robust_acc: float
     breakdown: list[dict]  # [{attack, robust_acc, attacked, seconds}] in ensemble order, cumulative
     package_version: str
-    flags: list[dict] = field(default_factory=list)  # AutoAttack's own warnings (its checks.py)
+    flags: list[Flag] = field(default_factory=list)  # AutoAttack's own warnings (its checks.py)
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -97,7 +97,7 @@ def evaluate_autoattack(model: nn.Module, images: Tensor, labels: Tensor, norm: 
         if verbose:
             logger.removeHandler(stream)
         logger.setLevel(old_level)
-    flags = [make_flag("autoattack_warning", m) for m in dict.fromkeys(collect.messages)]
+    flags = [Flag("autoattack_warning", m) for m in dict.fromkeys(collect.messages)]
     return AutoAttackResult(norm=norm, eps=float(eps), seed=seed, version="standard", n=n, clean_acc=clean_acc,
                             robust_acc=int(robust.sum()) / n, breakdown=breakdown,
                             package_version=package_version("pyautoattack"), flags=flags,

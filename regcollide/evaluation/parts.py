@@ -7,13 +7,13 @@ functions of the weights and run on the main process only.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 import torch
 from torch import nn
 
+from regcollide.attacks.checks import Flag, merge_flags
 from regcollide.evaluation.settings import EvalSettings, PartOutcome
 
 
@@ -86,16 +86,13 @@ def merge_shards(results: list[dict], sizes: list[int]) -> dict:
                                                              sizes))
                            for i, point in enumerate(first)]
         elif key == "flags" and isinstance(first, list):
-            # Flags are dicts ({"id", "message"}); keep each distinct one once, in first-seen order.
-            seen = {json.dumps(f, sort_keys=True): f for r in results for f in r.get(key, [])}
-            merged[key] = list(seen.values())
+            merged[key] = [f.to_dict() for f in merge_flags(*(r.get(key, []) for r in results))]
         elif isinstance(first, list):
             merged[key] = [v for r in results for v in r.get(key, [])]   # per-sample lists, e.g. eps_star
     if approximated:
-        merged.setdefault("flags", [])
-        merged["flags"] = list(merged["flags"]) + [
-            (f"sharded over {len(results)} processes: {', '.join(approximated)} are size-weighted means of "
-            "per-shard values, not exact")]
+        note = Flag("sharded_approximation", f"sharded over {len(results)} processes: {', '.join(approximated)} "
+                    "are size-weighted means of per-shard values, not exact", severity="info")
+        merged["flags"] = [*merged.get("flags", []), note.to_dict()]
     merged["n"] = sum(sizes)
     return merged
 
@@ -139,8 +136,6 @@ def compare_to_pgd(autoattack: dict, pgd: dict | None) -> dict:
     starts with APGD-CE, a stronger PGD, so its robust accuracy above PGD's on the same images points to
     a broken evaluation (gradient masking, randomness, mismatched images) and is flagged.
     """
-    from regcollide.attacks.checks import make_flag
-
     ids = ("autoattack_weaker_than_pgd", "autoattack_subset_mismatch")
     out = {**autoattack, "flags": [f for f in autoattack.get("flags", []) if f.get("id") not in ids]}
     k, eps_star = autoattack.get("n") or 0, (pgd or {}).get("eps_star") or []
@@ -153,13 +148,13 @@ def compare_to_pgd(autoattack: dict, pgd: dict | None) -> dict:
     out.update(subset=f"first {k} of the {len(eps_star)} PGD images",
                pgd_robust_acc_same_subset=pgd_robust, pgd_clean_acc_same_subset=pgd_clean)
     if autoattack["robust_acc"] > pgd_robust:
-        out["flags"].append(make_flag(ids[0], (
+        out["flags"].append(Flag(ids[0], (
             f"AutoAttack robust accuracy {autoattack['robust_acc']:.3f} exceeds PGD's {pgd_robust:.3f} on the "
-            f"same {k} images; AutoAttack should be at least as strong, so suspect the evaluation")))
+            f"same {k} images; AutoAttack should be at least as strong, so suspect the evaluation")).to_dict())
     if autoattack["clean_acc"] != pgd_clean:
-        out["flags"].append(make_flag(ids[1], (
+        out["flags"].append(Flag(ids[1], (
             f"clean accuracy {autoattack['clean_acc']:.3f} under AutoAttack but {pgd_clean:.3f} under PGD on "
-            f"what should be the same {k} images")))
+            f"what should be the same {k} images")).to_dict())
     return out
 
 

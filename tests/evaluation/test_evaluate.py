@@ -185,8 +185,9 @@ def test_merge_shards_rates_exact_and_approximations_flagged():
     assert m["mean_steps_to_success"] == pytest.approx((1 * 2.0 + 3 * 5.0) / 4)
     assert m["eps_star"] == [0.1, 0.3] + [0.0] * 6 and m["n"] == 8
     assert m["curve"][0]["success_rate"] == pytest.approx((2 * 0.5 + 6 * 1.0) / 8)
-    assert m["flags"][0] == {"id": "x", "message": "m"}
-    assert any("median_eps_star" in f for f in m["flags"][1:])
+    assert m["flags"][0] == {"id": "x", "message": "m", "severity": "warning"}
+    assert [f["id"] for f in m["flags"][1:]] == ["sharded_approximation"]
+    assert "median_eps_star" in m["flags"][1]["message"]
     assert merge_shards([a], [2]) is a
 
 
