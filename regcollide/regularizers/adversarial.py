@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from regcollide._modes import eval_mode
+from regcollide.attacks.pgd.attack import PGD
 from regcollide.regularizers.base import Regularizer, check_positive
 
 
@@ -76,8 +77,6 @@ class PGDAdversarialTraining(Regularizer):
         self.seed, self._calls = seed, 0
 
     def adversarial(self, model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
-        from regcollide.attacks.pgd.attack import PGD  # the attack package imports models; keep the registry light
-
         # Full-length trajectories (no early stop: training wants the loss maximiser, not the first
         # fooling iterate) and a fresh random start per step (PGD seeds a private generator).
         self._calls += 1
