@@ -179,7 +179,8 @@ def exact_scale(model: nn.Module, measured: Tensor) -> Tensor:
 def kernel_basis(matrix: Tensor, rtol: float | None = None) -> tuple[Tensor, int]:
     """Orthonormal basis (m, in) of ker(matrix) in float64, and the rank.
 
-    Rank counts σ_i > σ_max · max(out, in) · eps(float32) (DESIGN.md), unless ``rtol`` is given.
+    Rank counts σ_i > σ_max · max(out, in) · eps(float32) (the audit's convention, that of
+    ``torch.linalg.matrix_rank``), unless ``rtol`` is given.
     """
     matrix = matrix.detach().double()
     out_dim, in_dim = matrix.shape
@@ -189,6 +190,19 @@ def kernel_basis(matrix: Tensor, rtol: float | None = None) -> tuple[Tensor, int
     tol = tol * (sigma[0].item() if sigma.numel() else 0.0)
     rank = int((sigma > tol).sum())
     return vh[rank:].contiguous(), rank
+
+
+def periodic_rtol(matrix: Tensor) -> float:
+    """Relative kernel tolerance for the stride-periodic operator M (rows ≫ cols): min(rows, cols)·eps(float32).
+
+    M has one column per pixel of a period (C·s_h·s_w, about 12) and one row per output value (about
+    800,000 for a 224-pixel ResNet stem). ``max(rows, cols)·eps`` would then be ≈ 0.1: every pattern that
+    the conv attenuates to 10% of σ_max would count as "kernel". The columns are float64 convolutions of
+    float32 weights, so a true kernel vector has σ/σ_max at float64 round-off; rounding the weights to
+    float32 moves each σ by at most about √cols·eps(float32)·σ_max. The factor of the *smaller* side
+    covers that, and nothing the conv really sees falls under it.
+    """
+    return min(matrix.shape) * torch.finfo(torch.float32).eps
 
 
 def patch_matrix(module: nn.Module, kind: str) -> Tensor:
@@ -324,7 +338,7 @@ def build_plan(model: nn.Module, input_shape: tuple[int, int, int], approx_vecto
     op = ConvOperator(module, channel_scale.view(-1, 1, 1).to(weight.device))
     geometry = f"kernel {kh}x{kw}, stride {stride}, padding {padding}, dilation {dilation}"
     m = periodic_matrix(op, input_shape, stride)  # (out·H'·W', C·s_h·s_w)
-    periodic, prank = kernel_basis(m, rtol if rtol is not None else None)
+    periodic, prank = kernel_basis(m, rtol if rtol is not None else periodic_rtol(m))
     if periodic.shape[0] > 0:
         ratios = (m @ periodic.T).norm(dim=0) / torch.linalg.matrix_norm(m, 2)  # ‖M q‖ / ‖M‖ per vector
         plan = KernelPlan("periodic", True, f"overlapping conv ({geometry}): exact kernel of dimension "

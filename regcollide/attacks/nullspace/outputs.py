@@ -107,7 +107,14 @@ def prediction_of(sample: dict[str, Tensor]) -> tuple[str, Tensor] | None:
 
 
 def compare(reference: dict[str, Tensor], other: dict[str, Tensor]) -> Comparison:
-    max_abs, ref_abs, mismatched = 0.0, 0.0, []
+    """Compare one sample's outputs leaf by leaf.
+
+    A leaf whose shape differs (a different number of detections), or that exists on one side only, is a
+    *mismatch*: the residual cannot describe it, so it is listed, and the prediction counts as changed
+    (agreement 0), whatever the leaves that still line up say.
+    """
+    max_abs, ref_abs = 0.0, 0.0
+    mismatched = sorted(set(other) - set(reference))
     for key, ref in reference.items():
         value = other.get(key)
         if value is None or value.shape != ref.shape:
@@ -119,13 +126,14 @@ def compare(reference: dict[str, Tensor], other: dict[str, Tensor]) -> Compariso
         max_abs = max(max_abs, diff)
         ref_abs = max(ref_abs, ref.double().abs().max().item())
     rel = max_abs / ref_abs if ref_abs > 0 else (0.0 if max_abs == 0 else float("inf"))
+    return Comparison(max_abs, rel, 0.0 if mismatched else _agreement(reference, other), sorted(mismatched))
+
+
+def _agreement(reference: dict[str, Tensor], other: dict[str, Tensor]) -> float:
+    """Prediction agreement in [0, 1] of two outputs with the same structure."""
     pred_ref, pred_other = prediction_of(reference), prediction_of(other)
     if pred_ref is None or pred_other is None:
-        agreement = float(not mismatched and max_abs == 0)
-    elif pred_ref[1].shape != pred_other[1].shape:
-        agreement = 0.0
-    elif pred_ref[1].dim() >= 2:  # segmentation: share of pixels with the same class
-        agreement = (pred_ref[1] == pred_other[1]).double().mean().item()
-    else:
-        agreement = float(torch.equal(pred_ref[1], pred_other[1]))
-    return Comparison(max_abs, rel, agreement, mismatched)
+        return float(all(torch.equal(reference[k], other[k]) for k in reference))
+    if pred_ref[1].dim() >= 2:  # segmentation: share of pixels with the same class
+        return (pred_ref[1] == pred_other[1]).double().mean().item()
+    return float(torch.equal(pred_ref[1], pred_other[1]))

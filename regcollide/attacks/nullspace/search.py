@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -36,6 +37,9 @@ __all__ = ["MODES", "NullspaceError", "NullspaceOutput", "NullspaceResult", "Nul
 
 # a float32 collision is "at rounding level" below this; the acceptance target of DESIGN.md / issue 4
 EXACT_TOLERANCE = 1e-5
+# Two images closer than one 8-bit grey level (1/255) in L2 are the same picture once saved; float32
+# round-off differences (~1e-10) are far below it. Collisions that moved less do not count as found.
+MIN_DISTANCE = 1 / 255
 
 
 @dataclass
@@ -79,8 +83,8 @@ class NullspaceSearch:
                  progress: bool = False):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}.")
-        if not beta > 0 or collisions < 1 or batch_size < 1:
-            raise ValueError("beta must be > 0, collisions and batch_size >= 1.")
+        if not (math.isfinite(beta) and beta > 0) or collisions < 1 or batch_size < 1:
+            raise ValueError(f"beta must be finite and > 0 (got {beta}), collisions and batch_size >= 1.")
         self.model, self.beta, self.mode, self.collisions = model, float(beta), mode, int(collisions)
         self.valid_image, self.mask, self.seed = valid_image, mask, seed
         self.batch_size, self.progress = batch_size, progress
@@ -120,22 +124,35 @@ class NullspaceSearch:
             colliding = (images.double().repeat_interleave(self.collisions, 0) + delta).to(images.dtype)
             measured = measure(self.model, plan.layer_name, images, colliding, self.collisions, self.batch_size,
                                self.progress)
-        exact, reason = exactness(plan, note, measured["rel_output_residual"])
+        exact, reason = exactness(plan, note, measured["rel_output_residual"],
+                                  measured["rel_first_layer_residual"], measured["mismatched"])
         return NullspaceOutput(images=colliding, perturbations=colliding - images.repeat_interleave(
             self.collisions, 0), source=torch.arange(len(images)).repeat_interleave(self.collisions),
             plan=plan, exact=exact, reason=reason, **measured)
 
 
-def exactness(plan: KernelPlan, note: str | None, rel_residual: Tensor) -> tuple[bool, str]:
-    """The verdict: the structure must be exact *and* the measured residual at float rounding level."""
+def exactness(plan: KernelPlan, note: str | None, rel_residual: Tensor, rel_first_layer: Tensor,
+              mismatched: list[list[str]] | None = None) -> tuple[bool, str]:
+    """The verdict: the structure must be exact *and* every measured residual at float rounding level.
+
+    Three measurements must agree: the relative output residual, the relative residual of W1's own output
+    (a small output residual alone can hide a first layer that moved by most of its range, when later
+    layers happen to absorb the change), and the output structure (a different number of detections is a
+    changed output, whatever the residual of the leaves that still line up).
+    """
     if not plan.exact:
         return False, plan.reason
     if note is not None:
         return False, f"{plan.reason}; but {note}"
-    worst = float(rel_residual.max()) if rel_residual.numel() else 0.0
-    if worst > EXACT_TOLERANCE:
-        return False, f"{plan.reason}; but the measured relative output residual {worst:.2e} exceeds " \
-                      f"{EXACT_TOLERANCE:g}"
+    changed = sum(bool(m) for m in mismatched or [])
+    if changed:
+        return False, f"{plan.reason}; but {changed} collision(s) change the output structure " \
+                      "(e.g. the number of detections)"
+    for what, values in (("output", rel_residual), ("first-layer", rel_first_layer)):
+        worst = float(values.max()) if values.numel() else 0.0
+        if not worst <= EXACT_TOLERANCE:  # NaN counts as a failure too
+            return False, f"{plan.reason}; but the measured relative {what} residual {worst:.2e} exceeds " \
+                          f"{EXACT_TOLERANCE:g}"
     return True, plan.reason
 
 
@@ -213,6 +230,10 @@ class NullspaceResult:
     structure_mismatches: int  # collisions whose output structure differs (e.g. number of detections)
     min_pixel: float
     max_pixel: float
+    valid_count: int  # collisions in [0, 1], exact (residuals ≤ EXACT_TOLERANCE, same prediction), moved ≥ 1/255
+    valid_found: bool  # valid_count > 0: valid colliding images exist for these inputs
+    relative_distance: float | None  # l2_mean / median pairwise L2 distance of the input images (None if N < 2)
+    median_image_distance: float | None
     flags: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -233,30 +254,27 @@ def evaluate_nullspace(model: nn.Module, images: Tensor, labels: Tensor | None =
     """Run the search on the first ``n`` images and measure it against a same-norm noise baseline.
 
     ``labels`` are accepted for the common evaluator signature; collisions are judged against the model's
-    own predictions on x, so labels are not needed. Raises :class:`NullspaceError` (a ValueError) for
-    models outside the method's scope, e.g. a first layer of nullity 0.
+    own predictions on x, so labels are not needed. With ``valid_image=True`` the colliding images stay in
+    [0, 1]; ``valid_found`` says whether any valid, exact collision that moved by at least one grey level
+    was found, and ``relative_distance`` how far the collisions moved against the median distance between
+    two of the input images (a collision at relative distance ≈ 1 is as different as another test image).
+    Raises :class:`NullspaceError` (a ValueError) for models outside the method's scope, e.g. a first
+    layer of nullity 0.
     """
     del labels
     images = images[:n] if n is not None else images
     search = NullspaceSearch(model, beta=beta, mode=mode, collisions=collisions, valid_image=valid_image,
                              mask=mask, seed=seed, batch_size=batch_size, progress=progress)
     out = search(images)
-    generator = torch.Generator().manual_seed(seed + 1)
-    noise = torch.randn(out.perturbations.shape, generator=generator, dtype=torch.float64)
-    step = out.perturbations.double().flatten(1).norm(dim=1)
-    noise = noise * (step / noise.flatten(1).norm(dim=1)).view(-1, 1, 1, 1)
-    noisy = (images.double().repeat_interleave(collisions, 0) + noise.to(images.device)).to(images.dtype)
-    with eval_mode(model):
-        noise_measured = measure(model, out.plan.layer_name, images, noisy, collisions, batch_size, keep=0)
-    noise_rel = noise_measured["rel_output_residual"]
+    noise_rel = noise_baseline(model, images, out, collisions, seed, batch_size)
+    step = out.perturbations.double().flatten(1).norm(dim=1)  # (N·K,)
     worst = float(out.rel_output_residual.max())
     ratio = float(out.first_layer_ratio.max())
     plan = out.plan
-    flags = []
-    if not out.exact:
-        flags.append("not_exact")
-    if any(out.mismatched):
-        flags.append("output_structure_mismatch")
+    flags = (["not_exact"] if not out.exact else []) + (["output_structure_mismatch"] if any(out.mismatched)
+                                                         else [])
+    median = median_pairwise_distance(images)
+    valid = valid_collisions(out, step)
     result = NullspaceResult(
         model=name or model_name(model), first_layer=plan.layer_name, nullity=plan.nullity, exact=out.exact,
         n=len(images), beta=beta, linf_mean=float(out.perturbations.flatten(1).abs().amax(1).mean()),
@@ -269,5 +287,38 @@ def evaluate_nullspace(model: nn.Module, images: Tensor, labels: Tensor | None =
         mode=mode, collisions=collisions, valid_image=valid_image, reason=out.reason, kind=plan.kind,
         patch_dim=plan.patch_dim, kernel_dim=int(plan.basis.shape[0]),
         normalization_folded=plan.normalization_folded, structure_mismatches=sum(bool(m) for m in out.mismatched),
-        min_pixel=float(out.images.min()), max_pixel=float(out.images.max()), flags=flags)
+        min_pixel=float(out.images.min()), max_pixel=float(out.images.max()), valid_count=valid,
+        valid_found=valid > 0, relative_distance=None if median is None else float(step.mean()) / median,
+        median_image_distance=median, flags=flags)
     return (result, out) if return_output else result
+
+
+def noise_baseline(model: nn.Module, images: Tensor, out: NullspaceOutput, collisions: int, seed: int,
+                   batch_size: int) -> Tensor:
+    """Relative output residuals (N·K,) of Gaussian noise with each collision's L2 norm, unclipped."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    noise = torch.randn(out.perturbations.shape, generator=generator, dtype=torch.float64)
+    step = out.perturbations.double().flatten(1).norm(dim=1)
+    noise = noise * (step / noise.flatten(1).norm(dim=1)).view(-1, 1, 1, 1)
+    noisy = (images.double().repeat_interleave(collisions, 0) + noise.to(images.device)).to(images.dtype)
+    with eval_mode(model):
+        return measure(model, out.plan.layer_name, images, noisy, collisions, batch_size, keep=0)[
+            "rel_output_residual"]
+
+
+def valid_collisions(out: NullspaceOutput, step: Tensor) -> int:
+    """Collisions that are valid images in [0, 1], exact at float rounding level and moved ≥ MIN_DISTANCE."""
+    if not out.exact:
+        return 0
+    flat = out.images.flatten(1)
+    inside = (flat.amin(1) >= 0) & (flat.amax(1) <= 1)  # (N·K,)
+    collide = ((out.rel_output_residual <= EXACT_TOLERANCE) & (out.rel_first_layer_residual <= EXACT_TOLERANCE)
+               & (out.agreement == 1.0))
+    return int((inside.cpu() & collide & (step.cpu() >= MIN_DISTANCE)).sum())
+
+
+def median_pairwise_distance(images: Tensor) -> float | None:
+    """Median L2 distance over all pairs of the images (N, C, H, W): the typical gap between two inputs."""
+    if len(images) < 2:
+        return None
+    return float(torch.pdist(images.flatten(1).double()).median())
