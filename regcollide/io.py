@@ -11,12 +11,14 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
@@ -80,9 +82,22 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file '{path}' does not exist (weights load only from local files).")
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    return torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as err:
+        # Truncated, empty, random bytes, or a pickle that is not plain tensors (refused, never executed).
+        raise CheckpointError(f"cannot read weights file '{path}': {_first_line(err)}. Pass a complete "
+                              "safetensors file or a torch.save state dict of tensors.") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"weights file '{path}' does not hold a state dict of tensors.")
+    return state
+
+
+def _first_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text[:300]
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:

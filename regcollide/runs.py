@@ -1,4 +1,10 @@
-"""Run folders: the resolved config, weights, metrics log and training states written by training."""
+"""Run folders: claimed atomically, marked as ours, and read back (config, weights, metrics log).
+
+A run folder is ``out_dir/<run name>``. The name is one safe path component; the folder is created with
+``os.mkdir`` (which fails if it exists, so two trainings never share one) and immediately gets a marker file
+``.regcollide-run``. ``--overwrite`` deletes a folder only if it carries that marker and lies directly inside
+``out_dir``. Training states under ``state/`` are written by :mod:`regcollide.training.checkpoint`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -28,9 +35,11 @@ def read_run_config(run_dir: str | os.PathLike) -> dict:
     if not config_path.is_file():
         raise CheckpointError(f"'{run}' is not a run folder: no {CONFIG_FILE}. Pass a folder written by "
                               "train/regularized.py.")
-    with open(config_path) as handle:
-        config = yaml.safe_load(handle) or {}
-    if not isinstance(config.get("model"), dict) or "name" not in config["model"]:
+    try:
+        config = yaml.safe_load(config_path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{config_path} is not valid YAML ({' '.join(str(err).split())[:200]}).") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict) or "name" not in config["model"]:
         raise CheckpointError(f"{config_path} has no 'model.name'.")
     return config
 
@@ -49,89 +58,75 @@ def load_run(run_dir: str | os.PathLike) -> tuple[nn.Module, dict]:
     return model.eval(), config
 
 
-# ------------------------------------------------------------------ training state (accelerate) and run folders
-# A run folder keeps its resumable accelerate states under ``state/``: one complete ``step_NNNNNNNN`` folder
-# per checkpoint plus a ``latest`` file naming the newest one. A state is written into a hidden temporary
-# folder and renamed into place only when complete; ``latest`` is replaced atomically afterwards, and older
-# states are deleted last. A crash at any point therefore leaves ``latest`` naming a complete state.
+# ------------------------------------------------------------------ run folders: names, claiming, overwrite
 
-STATE_DIR = "state"
-LATEST_FILE = "latest"
+RUN_MARKER = ".regcollide-run"
+_MAX_SUFFIX = 10_000
 
 
-def state_name(step: int) -> str:
-    return f"step_{step:08d}"
+class RunFolderError(ValueError):
+    """A run name or run folder that cannot be used; the message is one line saying what to do."""
 
 
-def save_training_state(accelerator, run_dir: str | Path, step: int, keep: int = 2) -> Path:
-    """``accelerator.save_state`` into ``run_dir/state/step_N`` atomically; every process must call this.
+def check_run_name(name: str) -> str:
+    """``name`` if it is one safe path component (no separators, not ``..``, no leading ``-`` or ``.``)."""
+    bad = (not name or name != name.strip() or "/" in name or "\\" in name or os.sep in name
+           or name.startswith(("-", ".")) or "\0" in name or any(ch in name for ch in "\n\r\t"))
+    if bad or Path(name).is_absolute() or len(name) > 200:
+        raise RunFolderError(f"run_name {name!r} is not a plain folder name; use letters, digits, '-', '_' "
+                             "(no '/', no leading '.' or '-')")
+    return name
 
-    Keeps the ``keep`` newest states. Returns the final folder.
+
+def is_marked_run(path: str | Path, out_dir: str | Path) -> bool:
+    """True for a folder that carries our marker and lies directly inside ``out_dir`` (symlinks resolved)."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir() or not (path / RUN_MARKER).is_file():
+        return False
+    return path.resolve().parent == Path(out_dir).resolve()
+
+
+def _mkdir_marked(path: Path) -> bool:
+    """Create ``path`` and its marker; False if it already exists (the atomic claim)."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        return False
+    (path / RUN_MARKER).write_text(json.dumps({"created": time.time(), "pid": os.getpid()}) + "\n")
+    return True
+
+
+def claim_run_dir(out_dir: str | Path, run_name: str | None, default_name: str, overwrite: bool = False) -> Path:
+    """Create a fresh, marked run folder and return it; call on the main process only.
+
+    With an explicit ``run_name`` an existing folder is refused, or replaced under ``overwrite`` if it is a
+    marked run inside ``out_dir``. Without one, ``default_name``, ``default_name-2``, ... whichever is free
+    (what ``make run`` relies on).
     """
-    root = Path(run_dir) / STATE_DIR
-    final = root / state_name(step)
-    tmp = root / f".tmp-{state_name(step)}"
-    if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    accelerator.wait_for_everyone()  # every process writes its own RNG state into tmp
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        shutil.rmtree(final, ignore_errors=True)  # a stale state of the same step from an earlier attempt
-        os.replace(tmp, final)
-        atomic_write_bytes(root / LATEST_FILE, (final.name + "\n").encode())
-        for old in list_training_states(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def list_training_states(run_dir: str | Path) -> list[Path]:
-    """Complete states in step order (hidden temporary folders are never listed)."""
-    root = Path(run_dir) / STATE_DIR
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
-
-
-def latest_training_state(run_dir: str | Path) -> Path | None:
-    """The state named by ``state/latest``, or the newest complete one if the pointer is missing."""
-    root = Path(run_dir) / STATE_DIR
-    pointer = root / LATEST_FILE
-    if pointer.is_file():
-        candidate = root / pointer.read_text().strip()
-        if candidate.is_dir():
-            return candidate
-    states = list_training_states(run_dir)
-    return states[-1] if states else None
-
-
-def remove_partial_states(run_dir: str | Path) -> None:
-    """Delete temporary state folders left by a crash mid-save."""
-    root = Path(run_dir) / STATE_DIR
-    if root.is_dir():
-        for tmp in root.glob(".tmp-*"):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-class TrainState:
-    """Step counters saved with every accelerate state (``register_for_checkpointing``)."""
-
-    def __init__(self) -> None:
-        self.epoch = 0            # completed epochs
-        self.step_in_epoch = 0    # optimizer steps done in the current epoch (batches to skip on resume)
-        self.global_step = 0
-        self.samples_seen = 0     # by this process; with shard_digest, shows each process saw its own shard
-        self.shard_digest = 0
-
-    def state_dict(self) -> dict[str, int]:
-        return dict(vars(self))
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        for key in vars(self):
-            setattr(self, key, int(state[key]))
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"out_dir {str(out)!r} is a file; set out_dir to a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    name = check_run_name(run_name if run_name is not None else default_name)
+    base = out / name
+    if run_name is None and not overwrite:
+        for k in range(1, _MAX_SUFFIX):
+            candidate = base if k == 1 else out / f"{name}-{k}"
+            if _mkdir_marked(candidate):
+                return candidate
+        raise RunFolderError(f"no free run folder name {name}-N in {out}; set run_name")
+    if _mkdir_marked(base):
+        return base
+    if not overwrite:
+        raise RunFolderError(f"run folder {base} already exists: pass --resume {base} to continue it, "
+                             "--overwrite to replace it, or --set run_name=<new name>")
+    if not is_marked_run(base, out):
+        raise RunFolderError(f"--overwrite refused: {base} is not a run folder written by regcollide (no "
+                             f"{RUN_MARKER}); move it away or choose another run_name")
+    shutil.rmtree(base)
+    if not _mkdir_marked(base):  # another training claimed the name between the delete and the create
+        raise RunFolderError(f"run folder {base} was claimed by another training; choose another run_name")
+    return base
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -142,6 +137,25 @@ def weights_digest(model: nn.Module) -> str:
         digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
+
+
+# ------------------------------------------------------------------ metrics log
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """Records of ``metrics.jsonl``; a torn line (a crash mid-write) and blank lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 class MetricsLog:
@@ -160,46 +174,8 @@ class MetricsLog:
             self.accelerator.log(loggable, step=record["step"])
 
     def truncate_after(self, step: int) -> None:
-        """Drop lines logged after ``step`` (they will be replayed by a resumed run); atomic rewrite."""
+        """Drop lines logged after ``step`` (a resumed run replays them) and torn lines; atomic rewrite."""
         if self.accelerator.is_main_process and self.path.is_file():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= step]
-            atomic_write_bytes(self.path, "".join(line + "\n" for line in kept).encode())
+            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
+            atomic_write_bytes(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept).encode())
         self.accelerator.wait_for_everyone()
-
-
-def prepare_run_dir(out_dir: str, run_name: str | None, default_name: str, resume: str | None,
-                    overwrite: bool, accelerator) -> tuple[Path, bool]:
-    """Choose the run folder and say whether it is resumed. Creates nothing (see :func:`create_run_dir`).
-
-    ``resume`` is None (a new run), ``""`` (resume the config's own folder) or a run folder path. A new run
-    with an explicit ``run_name`` refuses an existing folder unless ``overwrite``; without a name it takes
-    ``default_name``, then ``default_name-2``, ``-3``, ... whichever is free.
-    """
-    if resume:
-        return Path(resume), True
-    base = Path(out_dir) / (run_name or default_name)
-    if resume == "":
-        return base, base.is_dir()
-    if run_name is None and not overwrite:
-        candidate, k = base, 1
-        while candidate.exists():
-            k += 1
-            candidate = base.with_name(f"{base.name}-{k}")
-        return candidate, False
-    if base.exists() and any(base.iterdir()) and not overwrite:
-        raise ValueError(f"run folder {base} already exists: pass --resume {base} to continue it, "
-                         "--overwrite to replace it, or --set run_name=<new name>")
-    return base, False
-
-
-def create_run_dir(run_dir: Path, config_yaml: str, resuming: bool, overwrite: bool, accelerator) -> None:
-    """Create (or reuse, when resuming) the run folder and write the resolved ``config.yaml``."""
-    accelerator.wait_for_everyone()  # every process has chosen its folder name before one appears
-    if accelerator.is_main_process:
-        if overwrite and not resuming and run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(run_dir / CONFIG_FILE, config_yaml.encode())
-        remove_partial_states(run_dir)
-    accelerator.wait_for_everyone()

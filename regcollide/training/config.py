@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+from accelerate.utils import LoggerType
 
 
 class ConfigError(ValueError):
@@ -48,11 +51,24 @@ class ModelConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Training-time augmentation, applied on the device to every training batch (``regcollide.data.augment``)."""
+
+    crop_padding: int = field(default=0, metadata=_range(0))   # random crop after zero padding; 0: off
+    hflip: bool = False                                        # random horizontal flip with probability 1/2
+
+    @property
+    def enabled(self) -> bool:
+        return self.crop_padding > 0 or self.hflip
+
+
+@dataclass
 class DataConfig:
     spec: str = "mnist5k"                  # mnist5k | hf:<id>[:<config>] | parquet:<path> | imagefolder:<dir>
     limit_train: int | None = field(default=None, metadata=_range(1))   # first N training samples only
     limit_test: int | None = field(default=None, metadata=_range(1))    # first N test samples only
     num_workers: int = field(default=0, metadata=_range(0))
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -77,7 +93,7 @@ class TrainConfig:
     keep_checkpoints: int = field(default=2, metadata=_range(1))
     log_every: int = field(default=20, metadata=_range(1))               # steps between metrics lines
     progress: bool = True                                                # tqdm bar on the main process
-    tensorboard: bool = False                                            # accelerate tracker, if installed
+    log_with: list[str] = field(default_factory=list)                    # accelerate trackers: tensorboard, wandb, ...
     mixed_precision: str = field(default="no", metadata=_choices("no", "fp16", "bf16"))
     num_threads: int = field(default=0, metadata=_range(0))              # torch CPU threads; 0: torch's default
 
@@ -156,14 +172,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
             _fail(key, f"expected a mapping, got {value!r}")
+        _check_params(key, value)
         return dict(value)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        try:  # PyYAML reads 1e-3 (no dot) as a string; accept any spelling float() understands
-            return float(value)
-        except ValueError:
-            pass
+    if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        return _finite(key, value)
     if tp is bool and not isinstance(value, bool):
         _fail(key, f"expected true or false, got {value!r}")
     if tp is int and isinstance(value, bool):
@@ -171,6 +183,29 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if not isinstance(value, tp):
         _fail(key, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
     return value
+
+
+def _finite(key: str, value: int | float | str) -> float:
+    """A float field's value; NaN and inf are refused (no config field has a meaning for them)."""
+    try:  # PyYAML reads 1e-3 (no dot) as a string; accept any spelling float() understands
+        number = float(value)
+    except ValueError:
+        _fail(key, f"expected float, got str {value!r}")
+    if not math.isfinite(number):
+        _fail(key, f"must be a finite number, got {value!r}")
+    return number
+
+
+def _check_params(key: str, value: Any) -> None:
+    """Regularizer params: every number, however deeply nested, must be finite."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _check_params(f"{key}.{name}", item)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_params(f"{key}.{i}", item)
+    elif isinstance(value, float) and not math.isfinite(value):
+        _fail(key, f"must be a finite number, got {value!r}")
 
 
 def _check_meta(key: str, value: Any, meta: typing.Mapping) -> None:
@@ -279,6 +314,19 @@ def _one_line(err: BaseException) -> str:
     return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
 
 
+def _check_trackers(log_with: list[str]) -> None:
+    """Every ``train.log_with`` entry must be an accelerate tracker whose package is installed."""
+    for i, name in enumerate(log_with):
+        if name not in LOGGER_TYPE_TO_CLASS:
+            close = difflib.get_close_matches(name, list(LOGGER_TYPE_TO_CLASS), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            _fail(f"train.log_with.{i}", f"unknown tracker {name!r}; {hint}choose from "
+                                         f"{', '.join(LOGGER_TYPE_TO_CLASS)}")
+        if LoggerType(name) not in get_available_trackers():
+            _fail(f"train.log_with.{i}", f"the {name} package is not installed; `pip install {name}` or "
+                                         "remove it from train.log_with")
+
+
 def resolve(config: Config) -> Config:
     """Fill the input geometry from the dataset and check the model and regularizer names.
 
@@ -303,6 +351,7 @@ def resolve(config: Config) -> Config:
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise ConfigError(f"model.name: unknown model {model.name!r}; {hint}choose from {', '.join(valid)} "
                           "or use timm:<name> / tv:<name>")
+    _check_trackers(config.train.log_with)
     valid_regs = list_regularizers()
     for i, reg in enumerate(config.regularizers):
         if reg.name not in valid_regs:

@@ -1,7 +1,5 @@
-"""Building blocks of the training script that carry state or math: a resumable shuffle, checkpointable
-regularizer state, the learning-rate schedule, the optimizer and the divergence error.
-
-``train/regularized.py`` stays a thin accelerate script (data, training function, main) on top of these.
+"""Building blocks of the training loop that carry state or math: step counters, a resumable shuffle,
+checkpointable regularizer state, the learning-rate schedule, the optimizer and the divergence error.
 """
 
 from __future__ import annotations
@@ -12,8 +10,28 @@ from pathlib import Path
 import torch
 from torch.utils.data import Sampler
 
-from regcollide import runs
 from regcollide.training.config import TrainConfig
+
+
+class TrainState:
+    """Step counters of one process, saved with every training state."""
+
+    def __init__(self) -> None:
+        self.epoch = 0            # completed epochs
+        self.step_in_epoch = 0    # optimizer steps done in the current epoch (batches to skip on resume)
+        self.global_step = 0
+        self.samples_seen = 0     # by this process; with shard_digest, shows each process saw its own shard
+        self.shard_digest = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        values = {key: state[key] for key in vars(self)}  # KeyError before anything changes
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values.values()):
+            raise ValueError(f"step counters must be non-negative integers, got {values}")
+        for key, value in values.items():
+            setattr(self, key, value)
 
 
 class EpochSampler(Sampler[int]):
@@ -74,8 +92,7 @@ class RegularizerStates:
 class TrainingDiverged(RuntimeError):
     """A non-finite loss term; the message names the term and the last good checkpoint."""
 
-    def __init__(self, bad_terms: list[str], step: int, run_dir: Path, values: dict[str, float]) -> None:
-        latest = runs.latest_training_state(run_dir)
+    def __init__(self, bad_terms: list[str], step: int, latest: Path | None, values: dict[str, float]) -> None:
         shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
         kept = f"the last good checkpoint {latest} is kept" if latest else "no checkpoint was written yet"
         super().__init__(f"loss is not finite at step {step + 1}: term(s) {', '.join(bad_terms)} blew up "

@@ -1,0 +1,371 @@
+"""The training loop: ``train(config)`` trains one run folder on one process or many (``accelerate``).
+
+The loss is the cross entropy (unless a regularizer such as PGD-AT, Madry et al. 2018, replaces it) plus
+``sum(weight * term)`` over the configured regularizers; every term is logged on its own in
+``metrics.jsonl``. The run folder holds ``config.yaml``, ``model.safetensors``, ``metrics.jsonl``,
+``results.json`` (``regcollide.evaluation.evaluate.evaluate_run``) and ``state/`` (resumable states written
+without pickle, :mod:`regcollide.training.checkpoint`).
+
+Determinism: the shuffle order depends only on (seed, epoch), the learning rate and the augmentation draws
+only on the step counter, and a state stores the model, optimizer, RNG states, regularizer state and step
+counters, so a resumed run replays the same batches with the same randomness as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.tracking import filter_trackers
+from accelerate.utils import broadcast_object_list, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from regcollide import runs
+from regcollide._modes import eval_mode
+from regcollide.evaluation.evaluate import evaluate_run
+from regcollide.io import CONFIG_FILE, WEIGHTS_FILE, atomic_write_bytes, save_weights, write_json
+from regcollide.runs import MetricsLog
+from regcollide.training.callbacks import Callback, any_stop
+from regcollide.training.checkpoint import Resumable, latest_state, remove_partial_states, restore_newest, save_state
+from regcollide.training.config import Config, ConfigError, dump_config, instantiate, to_dict
+from regcollide.training.data import get_dataloaders
+from regcollide.training.resume import check_resume_config, check_resume_processes
+from regcollide.training.state import (
+    RegularizerStates,
+    TrainingDiverged,
+    TrainState,
+    build_optimizer,
+    learning_rate,
+)
+
+
+@dataclass
+class RunResult:
+    """What :func:`train` returns."""
+
+    run_dir: Path
+    completed: bool             # False when a callback stopped the run early (``resume=run_dir`` finishes it)
+    global_step: int
+    train_seconds: float
+    results: dict = field(default_factory=dict)   # the end-of-run eval entry (results.json); {} if none
+
+
+@dataclass
+class _Session:
+    """The prepared pieces of one run, shared by the loop's steps."""
+
+    config: Config
+    accelerator: Accelerator
+    run_dir: Path
+    model: torch.nn.Module            # as prepared (DDP-wrapped on several processes)
+    raw_model: torch.nn.Module        # unwrapped: regularizers and states see plain layer names
+    optimizer: torch.optim.Optimizer
+    regularizers: list
+    train_loader: DataLoader
+    test_loader: DataLoader
+    state: TrainState
+    resumable: Resumable
+    log: MetricsLog
+    callbacks: Sequence[Callback]
+    augment: object | None
+    names: list[str] = field(default_factory=list)
+    total_steps: int = 0
+    window: torch.Tensor | None = None  # (1 + R + 3,) per-term sums, loss sum, correct, count since the last log
+
+
+def use_cpu(cpu: bool = False) -> bool:
+    """CPU training when asked, or when launched on several processes with no accelerator device.
+
+    ``accelerate launch --multi_gpu`` on a CPU-only machine starts the processes but accelerate only forms a
+    gloo group (DistributedType.MULTI_CPU) when the Accelerator is told to use the CPU.
+    """
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return cpu or (distributed and not torch.accelerator.is_available())
+
+
+def make_accelerator(config: Config, cpu: bool = False) -> Accelerator:
+    """The Accelerator :func:`train` builds when none is passed (trackers are attached to the run folder)."""
+    return Accelerator(cpu=use_cpu(cpu), mixed_precision=config.train.mixed_precision,
+                       rng_types=[])  # the sampler is seeded by (seed, epoch): nothing to sync
+
+
+def term_names(config: Config) -> list[str]:
+    """Regularizer names for the log, numbered when a name repeats (singular, singular_2)."""
+    names: list[str] = []
+    for rc in config.regularizers:
+        count = sum(1 for n in names if n == rc.name or n.startswith(rc.name + "_"))
+        names.append(rc.name if count == 0 else f"{rc.name}_{count + 1}")
+    return names
+
+
+def build_augmentation(config: Config):
+    """The configured on-device augmentation (``regcollide.data.augment``), or None when it is off."""
+    aug = config.data.augment
+    if not aug.enabled:
+        return None
+    try:  # the augmentation module belongs to the data package; only a run that augments needs it
+        from regcollide.data.augment import Augmentation
+    except ImportError as err:
+        raise ConfigError(f"data.augment: this installation has no regcollide.data.augment ({err}); "
+                          "set data.augment.crop_padding=0 and data.augment.hflip=false") from None
+    return Augmentation(crop_padding=aug.crop_padding, hflip=aug.hflip)
+
+
+def train(config: Config, *, accelerator: Accelerator | None = None, callbacks: Sequence[Callback] = (),
+          dataloaders: tuple[DataLoader, DataLoader] | None = None, resume: str | os.PathLike | None = None,
+          overwrite: bool = False, default_name: str = "run", cpu: bool = False) -> RunResult:
+    """Train ``config`` into a new run folder (or continue ``resume``) and evaluate it; see the module doc.
+
+    Every check (config, run name, resume compatibility) runs before the folder is created or changed.
+    ``dataloaders`` replaces :func:`regcollide.training.data.get_dataloaders`. Raises ``ConfigError``,
+    ``RunFolderError`` or ``CheckpointError`` (one-line messages) and ``TrainingDiverged``.
+    """
+    if config.train.num_threads:
+        torch.set_num_threads(config.train.num_threads)
+    set_seed(config.seed)  # before the model exists: identical initial weights on every process
+    model, regularizers = instantiate(config)
+    augment = build_augmentation(config)
+    if resume is not None:
+        check_resume_config(Path(resume), config)
+    else:
+        runs.check_run_name(config.run_name if config.run_name is not None else default_name)
+    accelerator = accelerator or make_accelerator(config, cpu)
+    if resume is not None:
+        check_resume_processes(Path(resume), accelerator.num_processes)
+    train_loader, test_loader = dataloaders or get_dataloaders(config)
+    run_dir = Path(resume) if resume is not None else _claim(accelerator, config, default_name, overwrite)
+    config.out_dir, config.run_name = str(run_dir.parent), run_dir.name
+    optimizer = build_optimizer(config.train, model)
+    model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
+    raw_model = accelerator.unwrap_model(model)
+    state = TrainState()
+    session = _Session(config, accelerator, run_dir, model, raw_model, optimizer, regularizers, train_loader,
+                       test_loader, state, Resumable(raw_model, optimizer, RegularizerStates(regularizers), state),
+                       MetricsLog(run_dir / "metrics.jsonl", accelerator), callbacks, augment,
+                       ["cross_entropy"] + term_names(config), config.train.epochs * len(train_loader),
+                       torch.zeros(len(config.regularizers) + 4))
+    _open_run(session, resuming=resume is not None)
+    return _run(session)
+
+
+def _claim(accelerator: Accelerator, config: Config, default_name: str, overwrite: bool) -> Path:
+    """The main process claims a fresh run folder; every process learns its path (or the one-line error)."""
+    outcome = [None]
+    if accelerator.is_main_process:
+        try:
+            outcome = [str(runs.claim_run_dir(config.out_dir, config.run_name, default_name, overwrite))]
+        except runs.RunFolderError as err:
+            outcome = [f"error:{err}"]
+    outcome = broadcast_object_list(outcome) if accelerator.num_processes > 1 else outcome
+    if outcome[0].startswith("error:"):
+        raise runs.RunFolderError(outcome[0][len("error:"):])
+    return Path(outcome[0])
+
+
+def _say(accelerator: Accelerator, line: str) -> None:
+    if accelerator.is_main_process:
+        print(line, file=sys.stderr, flush=True)
+
+
+def _open_run(s: _Session, resuming: bool) -> None:
+    """Restore the newest usable state (resume), then write config.yaml and start the trackers."""
+    acc = s.accelerator
+    if resuming:
+        restored = restore_newest(s.run_dir, s.resumable, acc.process_index, lambda line: _say(acc, line))
+        if restored is not None:
+            _say(acc, f"resumed from {restored} (epoch {s.state.epoch}, step {s.state.global_step})")
+    acc.wait_for_everyone()
+    if acc.is_main_process:  # only now, after every check passed, does the folder change
+        atomic_write_bytes(s.run_dir / CONFIG_FILE, dump_config(s.config).encode())
+        remove_partial_states(s.run_dir)
+    if resuming:
+        s.log.truncate_after(s.state.global_step)  # lines after the state are replayed below
+    if s.config.train.log_with:
+        acc.project_configuration.set_directories(str(s.run_dir))
+        acc.log_with = filter_trackers(s.config.train.log_with, acc.logging_dir)
+        acc.init_trackers(s.run_dir.name, config=tracker_config(s.config))
+    acc.wait_for_everyone()
+
+
+def tracker_config(config: Config) -> dict[str, int | float | str | bool]:
+    """The full resolved config flattened to ``section.key`` scalars (what trackers accept as hparams)."""
+    def flat(tree, prefix: str) -> dict:
+        if isinstance(tree, dict):
+            return {k: v for key, value in tree.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+        if isinstance(tree, (bool, int, float, str)):
+            return {prefix[:-1]: tree}
+        return {prefix[:-1]: "none" if tree is None else str(tree)}
+
+    return flat(to_dict(config), "")
+
+
+def _run(s: _Session) -> RunResult:
+    acc = s.accelerator
+    for cb in s.callbacks:
+        cb.on_train_begin(s.run_dir, s.state)
+    started = time.perf_counter()
+    bar = tqdm(total=s.total_steps, initial=s.state.global_step, desc=f"train {s.run_dir.name}",
+               dynamic_ncols=True, disable=not (acc.is_main_process and s.config.train.progress))
+    stopped = False
+    s.model.train()
+    while s.state.epoch < s.config.train.epochs and not stopped:
+        stopped = _train_epoch(s, bar)
+    bar.close()
+    train_seconds = time.perf_counter() - started
+    if stopped:
+        acc.end_training()
+        return RunResult(s.run_dir, False, s.state.global_step, train_seconds)
+    _finish(s, train_seconds)
+    results = final_evaluation(s) if s.config.eval.enabled else {}
+    acc.end_training()
+    return RunResult(s.run_dir, True, s.state.global_step, train_seconds, results)
+
+
+def _save(s: _Session) -> None:
+    save_state(s.accelerator, s.run_dir, s.resumable, s.config.train.keep_checkpoints)
+
+
+def _train_epoch(s: _Session, bar) -> bool:
+    """One epoch (or its rest, when resumed mid-epoch); True if a callback stopped the run."""
+    cfg, acc, state = s.config.train, s.accelerator, s.state
+    steps_per_epoch = len(s.train_loader)
+    loader = s.train_loader
+    if state.step_in_epoch:
+        loader = acc.skip_first_batches(s.train_loader, state.step_in_epoch)
+    # accelerate's loaders call set_epoch(their own iteration count) on the sampler when iterated; a
+    # fresh skip-loader would count from 0, so pin the loader's count to the true epoch.
+    loader.set_epoch(state.epoch)
+    window = s.window
+    for batch in loader:
+        values = _step(s, batch, window)
+        bar.update(1)
+        if state.global_step % cfg.log_every == 0:
+            sums = acc.reduce(window.to(acc.device), "sum").cpu().tolist()
+            s.log.write(train_record(state, s.names, sums, s.optimizer.param_groups[0]["lr"]))
+            window.zero_()
+        saved = (cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0
+                 and state.step_in_epoch < steps_per_epoch)  # the epoch end saves its own state
+        if saved:
+            _save(s)
+        if any_stop(s.callbacks, "on_step_end", state, dict(zip(s.names, values))):
+            if not saved:
+                _save(s)
+            return True
+    state.epoch += 1
+    state.step_in_epoch = 0
+    test_acc = evaluate_accuracy(s.model, s.test_loader, acc) if s.config.eval.every_epoch else None
+    s.log.write({"event": "epoch", "epoch": state.epoch, "step": state.global_step, "test_acc": test_acc})
+    if test_acc is not None:
+        bar.set_postfix(test_acc=f"{test_acc:.4f}")
+    _save(s)
+    return any_stop(s.callbacks, "on_epoch_end", state, test_acc)
+
+
+def _step(s: _Session, batch: dict, window: torch.Tensor) -> list[float]:
+    """One optimizer step; adds this batch to ``window`` and returns the per-term values."""
+    acc, state = s.accelerator, s.state
+    for group in s.optimizer.param_groups:
+        group["lr"] = learning_rate(s.config.train, state.global_step, s.total_steps)
+    if s.augment is not None:
+        # Draws are a pure function of (seed, step, process): a resumed run augments identically.
+        gen = torch.Generator(device=batch["image"].device)
+        gen.manual_seed((s.config.seed * 1_000_003 + state.global_step) * 4099 + acc.process_index)
+        batch = {**batch, "image": s.augment(batch["image"], gen)}  # (B, C, H, W)
+    loss, outputs, values = training_step(s.model, s.raw_model, batch, s.regularizers,
+                                          [rc.weight for rc in s.config.regularizers])
+    everywhere = acc.gather(values[None])  # (P, 1 + R): all processes stop together
+    if not torch.isfinite(everywhere).all():
+        bad = [name for name, ok in zip(s.names, torch.isfinite(everywhere).all(0).tolist()) if not ok]
+        raise TrainingDiverged(bad, state.global_step, latest_state(s.run_dir),
+                               dict(zip(s.names, values.tolist())))
+    acc.backward(loss)
+    if s.config.train.grad_clip:
+        acc.clip_grad_norm_(s.model.parameters(), s.config.train.grad_clip)
+    s.optimizer.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    state.global_step += 1
+    state.step_in_epoch += 1
+    n = len(batch["label"])  # sample-weighted sums, so the logged means are over samples
+    state.samples_seen += n
+    state.shard_digest = (state.shard_digest * 1_000_003 + int(batch["index"].sum())) % (1 << 61)
+    correct = float((outputs.argmax(1) == batch["label"]).sum())
+    window += torch.cat([values.cpu() * n, torch.tensor([float(loss.detach()) * n, correct, n])])
+    return values.tolist()
+
+
+def regularizer_term(reg, model, batch, outputs) -> torch.Tensor:
+    """The term, or NaN when its linear algebra fails (diverged weights): reported like a NaN loss."""
+    try:
+        return reg(model, batch, outputs)
+    except torch.linalg.LinAlgError:
+        return outputs.new_full((), float("nan"))
+
+
+def training_step(model, raw_model, batch, regularizers, weights) -> tuple[torch.Tensor, torch.Tensor,
+                                                                          torch.Tensor]:
+    """Forward pass and total loss; returns (loss, logits (B, K), per-term values (1 + R,))."""
+    outputs = model(batch["image"])  # (B, K)
+    replaced = any(reg.replaces_task_loss for reg in regularizers)
+    task = outputs.new_zeros(()) if replaced else F.cross_entropy(outputs, batch["label"])
+    # Regularizers see the unwrapped module (layer names without DDP's "module." prefix); their gradients
+    # still reach DDP's hooks because those hang on the parameters themselves.
+    terms = [regularizer_term(reg, raw_model, batch, outputs) for reg in regularizers]
+    loss = task + sum((w * t for w, t in zip(weights, terms)), outputs.new_zeros(()))
+    values = torch.stack([task.detach().float()] + [t.detach().float().reshape(()) for t in terms])
+    return loss, outputs, values
+
+
+def train_record(state: TrainState, names: list[str], sums: list[float], lr: float) -> dict:
+    """One metrics.jsonl line from the window sums (per-term sums, loss sum, correct, count)."""
+    count = max(sums[-1], 1.0)
+    record = {"event": "train", "epoch": state.epoch, "step": state.global_step, "lr": lr,
+              "loss": sums[-3] / count, "train_acc": sums[-2] / count}
+    record.update({f"term/{name}": total / count for name, total in zip(names, sums)})
+    return record
+
+
+@torch.no_grad()
+def evaluate_accuracy(model, loader, accelerator: Accelerator) -> float:
+    """Clean accuracy over the whole (sharded) test loader; duplicates from padding are dropped."""
+    correct = total = 0
+    with eval_mode(model):
+        for batch in loader:
+            preds = model(batch["image"]).argmax(dim=1)  # (B,)
+            preds, labels = accelerator.gather_for_metrics((preds, batch["label"]))
+            correct += int((preds == labels).sum())
+            total += labels.numel()
+    return correct / max(total, 1)
+
+
+def _finish(s: _Session, train_seconds: float) -> None:
+    """Final weights (training-only wrappers removed) and the end line with per-process digests."""
+    acc, state = s.accelerator, s.state
+    acc.wait_for_everyone()
+    raw_model = s.raw_model
+    for reg in reversed(s.regularizers):
+        raw_model = reg.finalize(raw_model)  # drop training-only wrappers (e.g. spectral norm)
+    digests = acc.gather_for_metrics([runs.weights_digest(raw_model)], use_gather_object=True)
+    shards = acc.gather_for_metrics([[state.samples_seen, state.shard_digest]], use_gather_object=True)
+    s.log.write({"event": "end", "step": state.global_step, "weights_sha256": digests, "shards": shards,
+                 "num_processes": acc.num_processes, "train_seconds": train_seconds})
+    if acc.is_main_process:
+        save_weights(raw_model, s.run_dir / WEIGHTS_FILE)
+    acc.wait_for_everyone()
+
+
+def final_evaluation(s: _Session) -> dict:
+    """The eval entry of the finished run, written to results.json (same code as ``regcollide eval``)."""
+    acc = s.accelerator
+    entry = evaluate_run(s.run_dir, s.config.eval.settings(), accelerator=acc, progress=s.config.train.progress)
+    if acc.is_main_process:
+        write_json(entry, s.run_dir / "results.json")
+    acc.wait_for_everyone()
+    return entry
