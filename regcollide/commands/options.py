@@ -1,4 +1,10 @@
-"""Options shared by the commands, and the one place where MODEL/--checkpoint/--data become tensors."""
+"""Options shared by the commands, and the one place where MODEL/--checkpoint/--weights/--data become tensors.
+
+``@model_options`` gives a command MODEL, ``--checkpoint RUN``, ``--weights FILE``, ``--pretrained`` and
+``--device``. The last three are not passed to the command function: they are kept on the click context
+and read by :func:`load_model` / :func:`load_model_and_data`, so every command that loads its model through
+these functions honours them without any change to its signature.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,36 @@ from pathlib import Path
 
 import click
 
-DATA_HELP = "Dataset spec: mnist5k (embedded), hf:<id>[:<config>], parquet:<path> or imagefolder:<dir>."
+DATA_HELP = ("Dataset spec: mnist5k (embedded), hf:<id>[:<config>], parquet:<path> or imagefolder:<dir>; "
+             "any split the source has (train, test, validation...).")
+MODEL_HELP = ("MODEL: a registry name (regcollide models), timm:<name>, hf-hub:<repo>, tv:<name>, "
+              "rb:<dataset>/<threat>/<name> (RobustBench), or module:callable / file.py:callable (your own "
+              "nn.Module factory).")
+_META = "regcollide.model_options"
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value):
+    ctx.meta.setdefault(_META, {})[param.name] = value
+    return value
+
+
+def weights_options(fn: Callable) -> Callable:
+    """--weights FILE, --pretrained, --device: stored on the click context for :func:`load_model`."""
+    fn = click.option("--device", default="auto", show_default=True, expose_value=False, callback=_remember,
+                      help="cpu, cuda, cuda:N, mps, or auto (accelerate's choice: cuda, then mps, then cpu; "
+                           "ACCELERATE_USE_CPU=1 forces cpu). Model and data move there.")(fn)
+    fn = click.option("--pretrained", is_flag=True, default=False, expose_value=False, callback=_remember,
+                      help="Download the library's pretrained weights (timm:, hf-hub:, tv: DEFAULT, rb:); "
+                           "needs a network or a filled local cache. Offline, use --weights FILE.")(fn)
+    return click.option("--weights", "weights", metavar="FILE", default=None, expose_value=False,
+                        callback=_remember, type=click.Path(dir_okay=False),
+                        help="Local weights for MODEL: a safetensors file or a torch.save state dict, in "
+                             "torchvision, timm, RobustBench or regcollide layout (read without unpickling).")(fn)
 
 
 def model_options(fn: Callable) -> Callable:
-    """MODEL argument plus --checkpoint RUN."""
+    """MODEL argument plus --checkpoint RUN, --weights FILE, --pretrained and --device."""
+    fn = weights_options(fn)
     fn = click.option("--checkpoint", "checkpoint", metavar="RUN", default=None,
                       type=click.Path(exists=True, file_okay=False),
                       help="Run folder written by train/regularized.py (config.yaml + model.safetensors).")(fn)
@@ -53,27 +84,45 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def model_settings() -> dict:
+    """The --weights/--pretrained/--device values of the running command (defaults outside click)."""
+    ctx = click.get_current_context(silent=True)
+    stored = ctx.meta.get(_META, {}) if ctx is not None else {}
+    return {"weights": stored.get("weights"), "pretrained": bool(stored.get("pretrained")),
+            "device": stored.get("device") or "auto"}
+
+
 def load_model(model: str, checkpoint: str | None, data: str | None):
-    """(model in eval mode, info) — see :func:`regcollide.runs.resolve_model`."""
+    """(model in eval mode on the chosen device, info) — see :func:`regcollide.models.resolve.resolve_model`."""
     from regcollide.models.resolve import resolve_model
 
-    return resolve_model(model, checkpoint, data)
+    return resolve_model(model, checkpoint, data, **model_settings())
+
+
+def check_labels(labels, num_classes: int | None, data: str) -> None:
+    """Refuse labels the model cannot output (a 10-class model on 1000-class data): one line, no traceback."""
+    if num_classes is not None and labels.numel() and int(labels.max()) >= num_classes:
+        raise click.ClickException(f"dataset '{data}' has label {int(labels.max())}, but the model has only "
+                                   f"{num_classes} classes: use data with labels in [0, {num_classes}).")
 
 
 def load_model_and_data(model: str, checkpoint: str | None, data: str, n: int, seed: int = 0,
                         split: str = "test"):
-    """(model, images, labels, info): ``n`` test images of ``data``, adapted to the model's input geometry.
+    """(model, images, labels, info): ``n`` images of ``data``'s ``split``, fitted to the model's input geometry
+    (resize + center-crop for images of another size) and moved to the model's device.
 
-    Labels of a dataset with other classes than the model (mnist digits on an ImageNet model) are kept as
+    Labels of a dataset with fewer classes than the model (mnist digits on an ImageNet model) are kept as
     they are; evaluators that need the model's own labels use its clean predictions instead.
     """
     from regcollide.data import adapt_images, load_tensors
 
     net, info = load_model(model, checkpoint, data)
-    images, labels = load_tensors(info.get("data") or data, split, n=n, seed=seed)
     chans, size, _ = info["input_shape"]
+    images, labels = load_tensors(info.get("data") or data, split, n=n, seed=seed, image_size=size)
+    check_labels(labels, info.get("num_classes"), info.get("data") or data)
     images = adapt_images(images, chans, size)
-    return net, images, labels, info
+    device = next(iter(net.parameters()), images).device
+    return net, images.to(device), labels.to(device), info
 
 
 def ensure_out(out: str) -> Path:

@@ -1,0 +1,120 @@
+"""Intervention architectures for the collision study: each moves one structural quantity, the rest fixed.
+
+Ozbulak et al., "Exact Feature Collisions in Neural Networks", tie collisions to the null space of the first
+weight matrix W1 (nullity(W1) = in − rank(W1)); Li, Zhang & Malik (NeurIPS 2019) to ReLU layers that map
+whole polytopes to one feature. The families below set those quantities by construction:
+
+- ``mlp-h{h}``: 784 → h → 64 → 10 ReLU MLP; the first-layer width h alone sets nullity(W1) = max(0, 784 − h).
+- ``mlp-proj-k{k}``: ``mlp-h784`` (W1 square, nullity 0 at init) whose first layer is W1 (I − P_k) with P_k
+  a fixed, frozen orthogonal projector of rank k. The projection is a ``torch.nn.utils.parametrize``
+  parametrization, so ``layer.weight`` (what the audit, the regularizers and the attacks read) is the
+  projected matrix and nullity(W1) ≥ k holds for every trained weight, not only at init. The projectors
+  are nested (P_k uses the first k columns of one fixed orthogonal matrix), so the sweep is monotone.
+- ``mlp-rank-r{r}``: ``mlp-h256`` with a rank-r linear bottleneck (256 → r → 64, no ReLU in between) after
+  layer 1: the product map has rank ≤ r while the first-layer width stays 256.
+- ``mlp-pm-h{h}``: an injective-ReLU first layer, W = [B; −B] (Lu et al.'s concatenated ReLU construction):
+  ReLU([Bx; −Bx]) keeps Bx exactly, so no information is lost at the ReLU; B has h × 784 parameters, as
+  ``mlp-h{h}``'s W1 (matched parameter count in the first layer).
+
+``width`` scales the 64-unit second hidden layer, as in the other registry models.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from regcollide.models.normalize import scaled
+from regcollide.models.registry import register_model
+
+HIDDEN_WIDTHS = (32, 64, 128, 256, 392, 512, 784, 1024)
+PROJECTION_RANKS = (0, 98, 196, 392, 588, 686, 735)
+BOTTLENECK_RANKS = (2, 4, 8, 16, 32, 64)
+PLUS_MINUS_WIDTHS = (128, 256, 392, 784)
+PROJECTOR_SEED = 20190  # one fixed orthogonal matrix for every k: nested, reproducible projectors
+
+
+def orthonormal_columns(dim: int, k: int, seed: int = PROJECTOR_SEED) -> Tensor:
+    """The first k columns of a fixed random orthogonal (dim, dim) matrix (QR of a seeded Gaussian)."""
+    gen = torch.Generator().manual_seed(seed)
+    q, r = torch.linalg.qr(torch.randn(dim, dim, generator=gen, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r))  # unique QR: the Haar-distributed orthogonal matrix
+    return q[:, :k].float()  # (dim, k)
+
+
+class RemoveSubspace(nn.Module):
+    """Parametrization W ↦ W (I − Q Qᵀ): the rows of W lose their component in span(Q), a frozen buffer."""
+
+    def __init__(self, basis: Tensor):
+        super().__init__()
+        self.register_buffer("basis", basis)  # (in, k), orthonormal columns; a buffer, so never trained
+
+    def forward(self, weight: Tensor) -> Tensor:  # (out, in) -> (out, in)
+        return weight - (weight @ self.basis) @ self.basis.T
+
+
+class PlusMinusLinear(nn.Linear):
+    """y = [Bx + b; −(Bx + b)]: a (2·out) linear map whose ReLU is injective (ReLU(z) − ReLU(−z) = z)."""
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, in) -> (B, 2·out)
+        z = super().forward(x)
+        return torch.cat([z, -z], dim=1)
+
+
+def _head(features: int, num_classes: int, width: float) -> list[nn.Module]:
+    hidden = scaled(64, width)
+    return [nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)]
+
+
+def first_width_mlp(h: int, num_classes: int = 10, in_chans: int = 1, img_size: int = 28,
+                    width: float = 1.0) -> nn.Sequential:
+    """784 → h → 64·width → classes ReLU MLP on raw [0, 1] pixels (the study's base architecture)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_chans * img_size * img_size, h), nn.ReLU(),
+                         *_head(h, num_classes, width))
+
+
+def projected_mlp(k: int, num_classes: int = 10, in_chans: int = 1, img_size: int = 28,
+                  width: float = 1.0) -> nn.Sequential:
+    """``first_width_mlp(in)`` whose first layer is W1 (I − P_k), P_k frozen: nullity(W1) ≥ k."""
+    dim = in_chans * img_size * img_size
+    if not 0 <= k < dim:
+        raise ValueError(f"projection rank k must be in [0, {dim}), got {k}")
+    model = first_width_mlp(dim, num_classes, in_chans, img_size, width)
+    if k:
+        parametrize.register_parametrization(model[1], "weight", RemoveSubspace(orthonormal_columns(dim, k)))
+    return model
+
+
+def bottleneck_mlp(r: int, num_classes: int = 10, in_chans: int = 1, img_size: int = 28,
+                   width: float = 1.0) -> nn.Sequential:
+    """``mlp-h256`` with a rank-r linear bottleneck (256 → r → 64·width, no nonlinearity) after layer 1."""
+    hidden = scaled(64, width)
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_chans * img_size * img_size, 256), nn.ReLU(),
+                         nn.Linear(256, r, bias=False), nn.Linear(r, hidden), nn.ReLU(),
+                         nn.Linear(hidden, num_classes))
+
+
+def plus_minus_mlp(h: int, num_classes: int = 10, in_chans: int = 1, img_size: int = 28,
+                   width: float = 1.0) -> nn.Sequential:
+    """First layer ReLU([Bx; −Bx]) with B of shape (h, 784), then the usual head on 2h features."""
+    return nn.Sequential(nn.Flatten(), PlusMinusLinear(in_chans * img_size * img_size, h), nn.ReLU(),
+                         *_head(2 * h, num_classes, width))
+
+
+def _register(name: str, build, level: int) -> None:
+    def factory(num_classes: int = 10, in_chans: int = 1, img_size: int = 28, width: float = 1.0) -> nn.Module:
+        return build(level, num_classes, in_chans, img_size, width)
+
+    factory.__doc__ = build.__doc__
+    register_model(name)(factory)
+
+
+for _h in HIDDEN_WIDTHS:
+    _register(f"mlp-h{_h}", first_width_mlp, _h)
+for _k in PROJECTION_RANKS:
+    _register(f"mlp-proj-k{_k}", projected_mlp, _k)
+for _r in BOTTLENECK_RANKS:
+    _register(f"mlp-rank-r{_r}", bottleneck_mlp, _r)
+for _h in PLUS_MINUS_WIDTHS:
+    _register(f"mlp-pm-h{_h}", plus_minus_mlp, _h)
