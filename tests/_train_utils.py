@@ -1,16 +1,14 @@
-"""Helpers for the regularizer tests: tensors with a given weight, and a tiny plain training loop.
-
-The real training script (train/regularized.py) belongs elsewhere; effect tests use this ~30-line loop so
-they test the regularizers and nothing else.
-"""
+"""Helpers for the regularizer tests: tensors with a given weight, and short trainings by the library loop."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 DUMMY_BATCH = {"image": torch.zeros(1, 1), "label": torch.zeros(1, dtype=torch.long),
@@ -53,49 +51,57 @@ def mnist_tensors(split: str, n: int | None = None) -> tuple[torch.Tensor, torch
     return _DATA_CACHE[key]
 
 
-def train(model: nn.Module, regularizers: list[tuple[float, object]], steps: int, batch_size: int = 64,
-          lr: float = 1e-3, seed: int = 0, n_train: int | None = None) -> nn.Module:
-    """Adam on mnist5k/train for ``steps`` steps: CE (unless replaced) + Σ weight · regularizer term.
-
-    Batches are seeded index draws, so two runs with the same seed see the same batches in the same order.
-    """
-    images, labels = mnist_tensors("train", n_train)
-    with single_thread():
-        return _train(model, regularizers, steps, batch_size, lr, seed, images, labels)
-
-
 @contextmanager
-def single_thread() -> Iterator[None]:
-    """Tiny models gain nothing from a second thread, and on a shared machine it only adds contention."""
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` torch threads, restoring the previous count (the library sets train.num_threads)."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(model, regularizers, steps, batch_size, lr, seed, images, labels) -> nn.Module:
-    torch.manual_seed(seed)
-    for _, reg in regularizers:
-        model = reg.setup(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    replaced = any(reg.replaces_task_loss for _, reg in regularizers)
-    model.train()
-    for _ in range(steps):
-        index = torch.randint(0, len(labels), (batch_size,), generator=generator)  # (B,)
-        batch = {"image": images[index], "label": labels[index], "index": index}
-        outputs = model(batch["image"])  # (B, K)
-        loss = outputs.new_zeros(()) if replaced else F.cross_entropy(outputs, batch["label"])
-        for weight, reg in regularizers:
-            loss = loss + weight * reg(model, batch, outputs)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    for _, reg in regularizers:
-        model = reg.finalize(model)
-    return model.eval()
+def library_train(overrides: Sequence[str], out_dir: str | os.PathLike, **kwargs):
+    """``regcollide.training.train`` on the default config plus ``overrides``, quiet, one thread.
+
+    Returns its RunResult. Imported here, not at the top: collecting a test that never trains must not
+    import accelerate and the evaluation stack.
+    """
+    from regcollide.training.config import load_config
+    from regcollide.training.loop import train as library_loop
+
+    config = load_config(None, ["train.progress=false", "train.num_threads=1", f"out_dir={out_dir}",
+                                *overrides])
+    with torch_threads(1):
+        return library_loop(config, **kwargs)
+
+
+def train(model: nn.Module, regularizers: list[tuple[float, object]], steps: int, batch_size: int = 64,
+          lr: float = 1e-3, seed: int = 0, n_train: int | None = None) -> nn.Module:
+    """The library loop (``regcollide.training.train``) for ``steps`` Adam steps on mnist5k/train.
+
+    CE (unless replaced) + Σ weight · regularizer term, constant learning rate; the shuffle is a function of
+    ``seed`` alone, so two runs with the same seed see the same batches in the same order. Returns the
+    finalized model in eval mode.
+    """
+    n = n_train or len(mnist_tensors("train")[1])
+    epochs = math.ceil(steps / math.ceil(n / batch_size))
+    overrides = [f"seed={seed}", f"train.epochs={epochs}", f"train.batch_size={batch_size}", "train.optimizer=adam",
+                 f"train.lr={lr}", "train.schedule=constant", "train.momentum=0", "train.log_every=1000000",
+                 "train.keep_checkpoints=1", "eval.enabled=false", "eval.every_epoch=false", "regularizers=[]",
+                 *([f"data.limit_train={n_train}"] if n_train else [])]
+    from regcollide.training.callbacks import StopAfterSteps
+
+    with tempfile.TemporaryDirectory() as out:
+        result = library_train(overrides, out, model=model, regularizers=regularizers,
+                               callbacks=[StopAfterSteps(steps)])
+    return result.model
+
+
+def single_thread():
+    """Tiny models gain nothing from a second thread, and on a shared machine it only adds contention."""
+    return torch_threads(1)
 
 
 @torch.no_grad()

@@ -1,11 +1,15 @@
-"""Shared fixtures: the embedded data as tensors and a small trained MLP (Li et al.'s MNIST setting)."""
+"""Shared fixtures: the embedded data as tensors, a small trained MLP (Li et al.'s MNIST setting) and tiny
+run folders, all trained by the library loop (``regcollide.training.train``)."""
 
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Callable
 
 import pytest
 import torch
+from _train_utils import library_train
 
 # Tests run offline and on CPU; keep caches out of the user's home when CI sets REGCOLLIDE_CACHE.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -14,37 +18,39 @@ TRAINED_MLP_MIN_ACC = 0.93
 
 
 def train_mlp(seed: int = 0, epochs: int = 10, width: float = 1.0) -> torch.nn.Module:
-    """A plain AdamW + one-cycle loop on mnist5k/train: seconds on CPU, deterministic for a seed.
+    """The library loop, AdamW with warm-up and cosine decay on mnist5k/train: seconds on CPU, deterministic.
 
-    Measured: 94.8% test accuracy for seed 0.
+    Measured: 0.952 test accuracy for seed 0 (asserted >= 0.93 by the fixture).
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a 784-256-256 MLP at batch 128 is faster on one thread than on two
-    try:
-        return _train_mlp(seed, epochs, width)
-    finally:
-        torch.set_num_threads(threads)
+    overrides = [f"seed={seed}", f"model.width={width}", "regularizers=[]", f"train.epochs={epochs}",
+                 "train.batch_size=64", "train.optimizer=adamw", "train.lr=0.003", "train.weight_decay=0.0001",
+                 # warm-up (~16% of the steps) then cosine to 0: the last epochs settle, so the
+                 # accuracy is stable across seeds.
+                 f"train.warmup_steps={epochs * 10}", "train.schedule=cosine", "train.keep_checkpoints=1",
+                 "eval.enabled=false", "eval.every_epoch=false"]
+    with tempfile.TemporaryDirectory() as out:
+        return library_train(overrides, out, default_name="trained_mlp").model
 
 
-def _train_mlp(seed: int, epochs: int, width: float) -> torch.nn.Module:
-    from regcollide.data import load_dataset, make_loader
-    from regcollide.models import create_model
+@pytest.fixture(scope="session")
+def train_run(tmp_path_factory) -> Callable:
+    """Factory: ``train_run(*overrides)`` trains a tiny run folder with the library, once per overrides.
 
-    torch.manual_seed(seed)
-    model = create_model("mlp", width=width)
-    loader = make_loader(load_dataset("mnist5k", "train"), batch_size=128, shuffle=True, seed=seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    # One-cycle: warm up then anneal to ~0, so the last epochs settle and accuracy is stable across seeds.
-    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * len(loader))
-    model.train()
-    for _ in range(epochs):
-        for batch in loader:
-            loss = torch.nn.functional.cross_entropy(model(batch["image"]), batch["label"])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            schedule.step()
-    return model.eval()
+    The default is a width-0.125 MLP on 256 mnist5k images for 2 epochs with the clean and audit eval
+    parts (a few seconds); overrides (``--set`` syntax) change anything. Returns the RunResult, whose
+    ``run_dir`` holds config.yaml, model.safetensors, metrics.jsonl, results.json and state/.
+    """
+    cache: dict = {}
+    base = ["model.width=0.125", "data.limit_train=256", "data.limit_test=200", "train.batch_size=32",
+            "train.epochs=2", "train.log_every=4", "eval.parts=[clean, audit]", "eval.n=200"]
+
+    def make(*overrides: str):
+        if overrides not in cache:
+            out = tmp_path_factory.mktemp("train_run")
+            cache[overrides] = library_train([*base, *overrides], out, default_name="run")
+        return cache[overrides]
+
+    return make
 
 
 @pytest.fixture(scope="session")

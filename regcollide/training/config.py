@@ -370,18 +370,22 @@ def resolve(config: Config) -> Config:
     return config
 
 
-def instantiate(config: Config) -> tuple[Any, list]:
-    """Build the model and the regularizers (``setup`` applied, in config order) of a resolved config."""
+def build_model(config: Config) -> Any:
+    """The model ``config.model`` names, for a resolved config (:func:`resolve`)."""
     from regcollide.models import create_model
-    from regcollide.regularizers import build_regularizer
 
-    resolve(config)
     m = config.model
     try:
-        model = create_model(m.name, num_classes=m.num_classes, in_chans=m.in_chans, img_size=m.img_size,
-                             width=m.width)
+        return create_model(m.name, num_classes=m.num_classes, in_chans=m.in_chans, img_size=m.img_size,
+                            width=m.width)
     except (ValueError, KeyError, RuntimeError, ImportError) as err:
         raise ConfigError(f"model: cannot build {m.name!r}: {_one_line(err)}") from None
+
+
+def build_regularizers(config: Config, model: Any) -> tuple[Any, list]:
+    """The configured regularizers, each ``setup`` on the model in config order; returns (model, regularizers)."""
+    from regcollide.regularizers import build_regularizer
+
     regularizers = []
     for i, reg in enumerate(config.regularizers):
         try:
@@ -391,3 +395,9 @@ def instantiate(config: Config) -> tuple[Any, list]:
             raise ConfigError(f"regularizers.{i}.params: {_one_line(err)}") from None
         regularizers.append(regularizer)
     return model, regularizers
+
+
+def instantiate(config: Config) -> tuple[Any, list]:
+    """Build the model and the regularizers (``setup`` applied, in config order) of a resolved config."""
+    resolve(config)
+    return build_regularizers(config, build_model(config))

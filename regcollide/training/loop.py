@@ -32,10 +32,19 @@ from regcollide import runs
 from regcollide._modes import eval_mode
 from regcollide.evaluation.evaluate import evaluate_run
 from regcollide.io import CONFIG_FILE, WEIGHTS_FILE, atomic_write_bytes, save_weights, write_json
+from regcollide.regularizers.base import Regularizer
 from regcollide.runs import MetricsLog
 from regcollide.training.callbacks import Callback, any_stop
 from regcollide.training.checkpoint import Resumable, latest_state, remove_partial_states, restore_newest, save_state
-from regcollide.training.config import Config, ConfigError, dump_config, instantiate, to_dict
+from regcollide.training.config import (
+    Config,
+    ConfigError,
+    build_model,
+    build_regularizers,
+    dump_config,
+    resolve,
+    to_dict,
+)
 from regcollide.training.data import get_dataloaders
 from regcollide.training.resume import check_resume_config, check_resume_processes
 from regcollide.training.state import (
@@ -55,6 +64,7 @@ class RunResult:
     completed: bool             # False when a callback stopped the run early (``resume=run_dir`` finishes it)
     global_step: int
     train_seconds: float
+    model: torch.nn.Module | None = None          # the trained model, unwrapped, finalized, in eval mode
     results: dict = field(default_factory=dict)   # the end-of-run eval entry (results.json); {} if none
 
 
@@ -69,6 +79,7 @@ class _Session:
     raw_model: torch.nn.Module        # unwrapped: regularizers and states see plain layer names
     optimizer: torch.optim.Optimizer
     regularizers: list
+    weights: list[float]              # one per regularizer
     train_loader: DataLoader
     test_loader: DataLoader
     state: TrainState
@@ -97,13 +108,27 @@ def make_accelerator(config: Config, cpu: bool = False) -> Accelerator:
                        rng_types=[])  # the sampler is seeded by (seed, epoch): nothing to sync
 
 
-def term_names(config: Config) -> list[str]:
+def term_names(names: Sequence[str]) -> list[str]:
     """Regularizer names for the log, numbered when a name repeats (singular, singular_2)."""
-    names: list[str] = []
-    for rc in config.regularizers:
-        count = sum(1 for n in names if n == rc.name or n.startswith(rc.name + "_"))
-        names.append(rc.name if count == 0 else f"{rc.name}_{count + 1}")
-    return names
+    out: list[str] = []
+    for name in names:
+        count = sum(1 for n in out if n == name or n.startswith(name + "_"))
+        out.append(name if count == 0 else f"{name}_{count + 1}")
+    return out
+
+
+def _components(config: Config, model: torch.nn.Module | None,
+                regularizers: Sequence[tuple[float, Regularizer]] | None):
+    """(model, regularizers set up on it, weights, log names): from the config unless passed in."""
+    resolve(config)
+    model = build_model(config) if model is None else model
+    if regularizers is None:
+        model, regs = build_regularizers(config, model)
+        return model, regs, [rc.weight for rc in config.regularizers], term_names(rc.name for rc in config.regularizers)
+    regs = [reg for _, reg in regularizers]
+    for reg in regs:
+        model = reg.setup(model)
+    return model, regs, [float(w) for w, _ in regularizers], term_names(reg.name for reg in regs)
 
 
 def build_augmentation(config: Config):
@@ -121,17 +146,21 @@ def build_augmentation(config: Config):
 
 def train(config: Config, *, accelerator: Accelerator | None = None, callbacks: Sequence[Callback] = (),
           dataloaders: tuple[DataLoader, DataLoader] | None = None, resume: str | os.PathLike | None = None,
-          overwrite: bool = False, default_name: str = "run", cpu: bool = False) -> RunResult:
+          overwrite: bool = False, default_name: str = "run", cpu: bool = False,
+          model: torch.nn.Module | None = None,
+          regularizers: Sequence[tuple[float, Regularizer]] | None = None) -> RunResult:
     """Train ``config`` into a new run folder (or continue ``resume``) and evaluate it; see the module doc.
 
     Every check (config, run name, resume compatibility) runs before the folder is created or changed.
-    ``dataloaders`` replaces :func:`regcollide.training.data.get_dataloaders`. Raises ``ConfigError``,
-    ``RunFolderError`` or ``CheckpointError`` (one-line messages) and ``TrainingDiverged``.
+    ``dataloaders`` replaces :func:`regcollide.training.data.get_dataloaders`; ``model`` and
+    ``regularizers`` ((weight, regularizer) pairs) replace the ones the config names (the run folder's
+    config.yaml still records the config as given). Raises ``ConfigError``, ``RunFolderError`` or
+    ``CheckpointError`` (one-line messages) and ``TrainingDiverged``.
     """
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
     set_seed(config.seed)  # before the model exists: identical initial weights on every process
-    model, regularizers = instantiate(config)
+    model, regs, weights, names = _components(config, model, regularizers)
     augment = build_augmentation(config)
     if resume is not None:
         check_resume_config(Path(resume), config)
@@ -147,11 +176,11 @@ def train(config: Config, *, accelerator: Accelerator | None = None, callbacks: 
     model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
     raw_model = accelerator.unwrap_model(model)
     state = TrainState()
-    session = _Session(config, accelerator, run_dir, model, raw_model, optimizer, regularizers, train_loader,
-                       test_loader, state, Resumable(raw_model, optimizer, RegularizerStates(regularizers), state),
+    session = _Session(config, accelerator, run_dir, model, raw_model, optimizer, regs, weights, train_loader,
+                       test_loader, state, Resumable(raw_model, optimizer, RegularizerStates(regs), state),
                        MetricsLog(run_dir / "metrics.jsonl", accelerator), callbacks, augment,
-                       ["cross_entropy"] + term_names(config), config.train.epochs * len(train_loader),
-                       torch.zeros(len(config.regularizers) + 4))
+                       ["cross_entropy"] + names, config.train.epochs * len(train_loader),
+                       torch.zeros(len(regs) + 4))
     _open_run(session, resuming=resume is not None)
     return _run(session)
 
@@ -220,13 +249,14 @@ def _run(s: _Session) -> RunResult:
         stopped = _train_epoch(s, bar)
     bar.close()
     train_seconds = time.perf_counter() - started
-    if stopped:
+    model = _finalize(s)
+    if stopped:  # the state is saved; no model.safetensors, so the run folder still reads as unfinished
         acc.end_training()
-        return RunResult(s.run_dir, False, s.state.global_step, train_seconds)
-    _finish(s, train_seconds)
+        return RunResult(s.run_dir, False, s.state.global_step, train_seconds, model.eval())
+    _write_end(s, model, train_seconds)
     results = final_evaluation(s) if s.config.eval.enabled else {}
     acc.end_training()
-    return RunResult(s.run_dir, True, s.state.global_step, train_seconds, results)
+    return RunResult(s.run_dir, True, s.state.global_step, train_seconds, model.eval(), results)
 
 
 def _save(s: _Session) -> None:
@@ -279,8 +309,7 @@ def _step(s: _Session, batch: dict, window: torch.Tensor) -> list[float]:
         gen = torch.Generator(device=batch["image"].device)
         gen.manual_seed((s.config.seed * 1_000_003 + state.global_step) * 4099 + acc.process_index)
         batch = {**batch, "image": s.augment(batch["image"], gen)}  # (B, C, H, W)
-    loss, outputs, values = training_step(s.model, s.raw_model, batch, s.regularizers,
-                                          [rc.weight for rc in s.config.regularizers])
+    loss, outputs, values = training_step(s.model, s.raw_model, batch, s.regularizers, s.weights)
     everywhere = acc.gather(values[None])  # (P, 1 + R): all processes stop together
     if not torch.isfinite(everywhere).all():
         bad = [name for name, ok in zip(s.names, torch.isfinite(everywhere).all(0).tolist()) if not ok]
@@ -345,13 +374,18 @@ def evaluate_accuracy(model, loader, accelerator: Accelerator) -> float:
     return correct / max(total, 1)
 
 
-def _finish(s: _Session, train_seconds: float) -> None:
-    """Final weights (training-only wrappers removed) and the end line with per-process digests."""
-    acc, state = s.accelerator, s.state
-    acc.wait_for_everyone()
+def _finalize(s: _Session) -> torch.nn.Module:
+    """The unwrapped model with training-only wrappers (e.g. spectral norm) removed."""
+    s.accelerator.wait_for_everyone()
     raw_model = s.raw_model
     for reg in reversed(s.regularizers):
-        raw_model = reg.finalize(raw_model)  # drop training-only wrappers (e.g. spectral norm)
+        raw_model = reg.finalize(raw_model)
+    return raw_model
+
+
+def _write_end(s: _Session, raw_model: torch.nn.Module, train_seconds: float) -> None:
+    """Final weights and the end line with per-process digests."""
+    acc, state = s.accelerator, s.state
     digests = acc.gather_for_metrics([runs.weights_digest(raw_model)], use_gather_object=True)
     shards = acc.gather_for_metrics([[state.samples_seen, state.shard_digest]], use_gather_object=True)
     s.log.write({"event": "end", "step": state.global_step, "weights_sha256": digests, "shards": shards,
