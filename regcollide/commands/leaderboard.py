@@ -1,4 +1,5 @@
-"""`regcollide leaderboard DIR --out OUT`: eval entries -> Markdown, CSV and a static HTML page."""
+"""`regcollide leaderboard DIR --out OUT`: eval entries -> Markdown, CSV, a static HTML page and
+RobustBench-shaped ``model_info`` JSON files, one table per threat model."""
 
 from __future__ import annotations
 
@@ -10,19 +11,37 @@ from regcollide.commands.options import user_errors
 @click.command("leaderboard")
 @click.argument("entries_dir", metavar="DIR", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out", type=click.Path(file_okay=False), required=True,
-              help="Output folder for leaderboard.md, leaderboard.csv and leaderboard.html.")
+              help="Output folder for leaderboard.md, leaderboard.csv, leaderboard.html and model_info/.")
 @click.option("--title", default="regcollide leaderboard", show_default=True)
+@click.option("--single-table", is_flag=True,
+              help="Refuse entries from more than one threat model (dataset, norm, ε) instead of writing one "
+                   "table per threat model.")
+@click.option("--model-info/--no-model-info", default=True, show_default=True,
+              help="Also write RobustBench's model_info/<dataset>/<Linf|L2>/<name>.json per entry.")
 @user_errors
-def leaderboard(entries_dir, out, title):
-    """Rank the eval entries in DIR by AutoAttack robust accuracy (PGD when AutoAttack is missing).
+def leaderboard(entries_dir, out, title, single_table, model_info):
+    """Rank the eval entries in DIR by AutoAttack robust accuracy (PGD when AutoAttack is missing), one
+    table per threat model. Malformed entries are skipped with one line each.
 
     Example: regcollide leaderboard results/ --out site/
     """
-    from regcollide.reports.leaderboard import load_entries, write_leaderboard
+    from regcollide.reports.entries import load_entries
+    from regcollide.reports.leaderboard import write_leaderboard
+    from regcollide.reports.outputs import check_out_dir
+    from regcollide.reports.robustbench import write_model_info
 
-    entries = load_entries(entries_dir)
+    problems: list[str] = []
+    entries = load_entries(entries_dir, problems)
+    for line in problems:
+        click.echo(f"skipped: {line}", err=True)
     if not entries:
-        raise click.ClickException(f"no eval entries in {entries_dir}; write them with "
+        raise click.ClickException(f"no usable eval entries in {entries_dir}; write them with "
                                    "`regcollide eval RUN... --out DIR`")
-    for kind, path in write_leaderboard(entries, out, title=title).items():
+    out_dir = check_out_dir(out)
+    for kind, path in write_leaderboard(entries, out_dir, title=title, single_table=single_table).items():
         click.echo(f"{kind}: {path}")
+    if model_info:
+        written, refused = write_model_info(entries, out_dir / "model_info")
+        for line in refused:
+            click.echo(f"model_info skipped: {line}", err=True)
+        click.echo(f"model_info: {len(written)} files in {out_dir / 'model_info'}")

@@ -2,8 +2,10 @@
 
 The layout follows RobustBench (Croce et al., "RobustBench: a standardized adversarial robustness
 benchmark", NeurIPS Datasets and Benchmarks 2021): one row per model, ranked by AutoAttack robust
-accuracy. It adds the collision columns of Ozbulak et al. ("Exact Feature Collisions in Neural
-Networks") and Li, Zhang & Malik ("Approximate Feature Collisions in Neural Nets", NeurIPS 2019).
+accuracy, and one table per threat model (dataset, norm, ε), since accuracies under different threat
+models cannot be ranked together. It adds the collision columns of Ozbulak et al. ("Exact Feature
+Collisions in Neural Networks") and Li, Zhang & Malik ("Approximate Feature Collisions in Neural Nets",
+NeurIPS 2019).
 
 Example::
 
@@ -14,196 +16,153 @@ Example::
 from __future__ import annotations
 
 import csv
-import json
-import math
-from collections.abc import Callable
-from dataclasses import dataclass
+import io
 from pathlib import Path
 from typing import Any
 
-from regcollide.io import read_json
+from regcollide.io import atomic_write_bytes
+from regcollide.reports.cells import csv_cell, markdown_cell, markdown_line
+from regcollide.reports.entries import (
+    ThreatModel,
+    group_by_threat_model,
+    load_entries,
+    lookup,
+    require_one_threat_model,
+)
+from regcollide.reports.leaderboard_columns import COLUMNS, Column, flags, format_cell, training_label
 from regcollide.reports.leaderboard_html import render_html
 
-# Keys that mark a JSON file as an eval entry rather than some other result file in the same folder.
-_ENTRY_KEYS = ("name", "audit", "pgd", "autoattack")
+__all__ = ["COLUMNS", "Column", "flags", "footnote", "format_cell", "load_entries", "rank_entries",
+           "ranking_score", "sections", "table_rows", "to_markdown", "training_label", "write_csv",
+           "write_leaderboard"]
 
-
-def load_entries(directory: str | Path) -> list[dict]:
-    """Every eval entry (``*.json`` with the eval-entry keys) in ``directory``, sorted by file name."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory} is not a folder of eval entries (write them with "
-                                "`regcollide eval RUN... --out DIR`)")
-    entries = []
-    for path in sorted(directory.glob("*.json")):
-        try:
-            data = read_json(path)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err}); delete it or re-run `regcollide eval`") from err
-        if isinstance(data, dict) and all(k in data for k in _ENTRY_KEYS):
-            entries.append(data)
-    return entries
-
-
-def _get(entry: dict, *path: str) -> Any:
-    value: Any = entry
-    for key in path:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(key)
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
-def training_label(entry: dict) -> str:
-    """Short recipe, e.g. ``singular(0.1)+decorrelation(0.01)``; ``ERM`` without regularizers."""
-    regs = _get(entry, "training", "regularizers") or []
-    parts = [f"{r.get('name')}({r.get('weight', 1.0):g})" for r in regs if isinstance(r, dict)]
-    return "+".join(parts) if parts else "ERM"
-
-
-def flags(entry: dict) -> list[str]:
-    """Sanity-check flags raised by the evaluators themselves (PGD, AutoAttack, Null-space)."""
-    out = []
-    for part in ("pgd", "autoattack", "nullspace", "polytope"):
-        # Evaluator flags are {"id", "message"} dicts (regcollide.attacks.checks); show the id.
-        out += [f"{part}: {f.get('id', f) if isinstance(f, dict) else f}" for f in (_get(entry, part, "flags") or [])]
-    return out
+RANKING_NOTE = "Ranked by AutoAttack robust accuracy (standard version) within each threat model."
 
 
 def ranking_score(entry: dict) -> tuple[float | None, str]:
     """Robust accuracy used for ranking and where it came from (AutoAttack, else PGD)."""
-    aa = _get(entry, "autoattack", "robust_acc")
+    aa = lookup(entry, "autoattack.robust_acc")
     if aa is not None:
         return aa, "autoattack"
-    pgd = _get(entry, "pgd", "robust_acc")
+    pgd = lookup(entry, "pgd.robust_acc")
     return (pgd, "pgd") if pgd is not None else (None, "none")
 
 
-@dataclass(frozen=True)
-class Column:
-    key: str
-    header: str
-    value: Callable[[dict], Any]
-    fmt: str = "{}"            # format for numbers in Markdown and HTML; CSV keeps full precision
-    numeric: bool = True
-
-
-def _pct(v: Any) -> Any:
-    return None if v is None else 100.0 * v
-
-
-COLUMNS: list[Column] = [
-    Column("rank", "#", lambda e: e["_rank"], "{:d}"),
-    Column("name", "Run", lambda e: e.get("name"), numeric=False),
-    Column("model", "Model", lambda e: f"{e.get('model')} ×{e.get('width') or 1:g}", numeric=False),
-    Column("training", "Training", training_label, numeric=False),
-    Column("clean_acc", "Clean %", lambda e: _pct(_get(e, "clean_acc")), "{:.1f}"),
-    Column("robust_acc", "Robust %", lambda e: _pct(e["_score"]), "{:.1f}"),
-    Column("autoattack_acc", "AutoAttack %", lambda e: _pct(_get(e, "autoattack", "robust_acc")), "{:.1f}"),
-    # PGD on exactly AutoAttack's images (a prefix of PGD's): AutoAttack % above it flags a broken evaluation.
-    Column("pgd_acc_aa_subset", "PGD % (AA images)",
-           lambda e: _pct(_get(e, "autoattack", "pgd_robust_acc_same_subset")), "{:.1f}"),
-    Column("pgd_acc", "PGD %", lambda e: _pct(_get(e, "pgd", "robust_acc")), "{:.1f}"),
-    Column("median_eps_star", "median ε*", lambda e: _get(e, "pgd", "median_eps_star"), "{:.3f}"),
-    Column("nu", "ν", lambda e: _get(e, "audit", "nu"), "{:d}"),
-    Column("mu", "μ", lambda e: _get(e, "audit", "mu"), "{:d}"),
-    Column("n_weights", "n_θ", lambda e: _get(e, "audit", "n_weights"), "{:d}"),
-    Column("total_nullity", "Σ nullity", lambda e: _get(e, "audit", "total_nullity"), "{:d}"),
-    Column("first_nullity", "nullity(W1)", lambda e: _get(e, "audit", "first_nullity"), "{:d}"),
-    Column("nullspace_exact", "Null-space exact", lambda e: _get(e, "nullspace", "exact"), numeric=False),
-    Column("polytope_success", "Polytope success %",
-           lambda e: _pct(_get(e, "polytope", "success_rate")), "{:.1f}"),
-    Column("distance_ratio", "Distance ratio", lambda e: _get(e, "polytope", "distance_ratio"), "{:.3f}"),
-    Column("flags", "Flags", lambda e: "; ".join(flags(e)), numeric=False),
-]
-
-
 def rank_entries(entries: list[dict]) -> list[dict]:
-    """Copies of the entries, best first, each with ``_rank``, ``_score`` and ``_score_source``."""
+    """Copies of the entries, best first, each with ``_rank``, ``_score`` and ``_score_source``.
+
+    Ranks one comparable set: call it per threat model (see :func:`sections`).
+    """
     ranked = []
     for e in entries:
         score, source = ranking_score(e)
         ranked.append({**e, "_score": score, "_score_source": source})
     # Missing scores last; ties broken by clean accuracy, then by name for a stable order.
     ranked.sort(key=lambda e: (e["_score"] is None, -(e["_score"] or 0.0),
-                               -(_get(e, "clean_acc") or 0.0), str(e.get("name"))))
+                               -(lookup(e, "clean_acc") or 0.0), str(e.get("name"))))
     for i, e in enumerate(ranked, 1):
         e["_rank"] = i
     return ranked
 
 
+def _row(entry: dict, threat: ThreatModel) -> dict[str, Any]:
+    row = {c.key: c.value(entry) for c in COLUMNS}
+    row["_score_source"] = entry["_score_source"]
+    row["_threat"] = threat
+    return row
+
+
+def sections(entries: list[dict]) -> list[tuple[ThreatModel, list[dict[str, Any]]]]:
+    """One (threat model, ranked rows) pair per threat model; rows hold raw values (None when missing)."""
+    return [(threat, [_row(e, threat) for e in rank_entries(group)])
+            for threat, group in group_by_threat_model(entries).items()]
+
+
 def table_rows(entries: list[dict]) -> list[dict[str, Any]]:
-    """Ranked rows of raw column values (numbers stay numbers; None for missing)."""
-    rows = []
-    for e in rank_entries(entries):
-        row = {c.key: c.value(e) for c in COLUMNS}
-        row["_score_source"] = e["_score_source"]
-        row["_pgd_n"], row["_aa_n"] = _get(e, "pgd", "n"), _get(e, "autoattack", "n")
-        rows.append(row)
-    return rows
+    """All rows, threat model by threat model, each ranked within its own threat model."""
+    return [row for _, rows in sections(entries) for row in rows]
 
 
-def format_cell(column: Column, value: Any) -> str:
-    if value is None or value == "":
-        return "–" if column.key != "flags" else ""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if column.numeric and isinstance(value, (int, float)):
-        return column.fmt.format(int(value) if column.fmt == "{:d}" else value)
-    return str(value)
+def _regroup(rows: list[dict]) -> list[tuple[ThreatModel, list[dict]]]:
+    groups: dict[ThreatModel, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["_threat"], []).append(r)
+    return list(groups.items())
 
 
 def _sizes(rows: list[dict], key: str) -> str:
-    sizes = sorted({r[key] for r in rows if r.get(key) is not None})
-    return "/".join(str(n) for n in sizes) if sizes else "–"
+    sizes = sorted({r[key] for r in rows if isinstance(r.get(key), (int, float))})
+    return "/".join(f"{n:g}" for n in sizes) if sizes else "–"
 
 
-def footnote(rows: list[dict]) -> str | None:
-    """Sample sizes (AutoAttack attacks a prefix of PGD's images) and the PGD-fallback rows."""
-    notes = [f"PGD on {_sizes(rows, '_pgd_n')} test images (a seeded random class mixture); AutoAttack on "
-             f"the first {_sizes(rows, '_aa_n')} of those same images, and PGD % (AA images) is PGD's robust "
-             "accuracy on that prefix, the number AutoAttack % must not exceed."]
-    fallback = [r["name"] for r in rows if r["_score_source"] == "pgd"]
+def footnote(rows: list[dict]) -> str:
+    """Sample sizes (AutoAttack attacks a prefix of PGD's images) and the PGD-fallback rows of one table."""
+    notes = [f"PGD on {_sizes(rows, 'n_pgd')} test images (a seeded random class mixture); AutoAttack on "
+             f"the first {_sizes(rows, 'n_autoattack')} of those same images, and PGD % (AA images) is PGD's "
+             "robust accuracy on that prefix, the number AutoAttack % must not exceed."]
+    fallback = [str(r["name"]) for r in rows if r["_score_source"] == "pgd"]
     if fallback:
         notes.append("† No AutoAttack result for " + ", ".join(fallback) + ": ranked by PGD robust accuracy, "
                      "an upper bound on the true robust accuracy (AutoAttack is usually lower).")
     return " ".join(notes)
 
 
-def to_markdown(rows: list[dict], title: str = "Leaderboard") -> str:
-    lines = [f"# {title}", "", "| " + " | ".join(c.header for c in COLUMNS) + " |",
+def _markdown_table(rows: list[dict]) -> list[str]:
+    lines = ["| " + " | ".join(c.header for c in COLUMNS) + " |",
              "|" + "|".join("---:" if c.numeric else "---" for c in COLUMNS) + "|"]
+    aa_index = [c.key for c in COLUMNS].index("autoattack_acc")
     for r in rows:
-        cells = [format_cell(c, r[c.key]).replace("|", "\\|") for c in COLUMNS]
+        cells = [markdown_cell(format_cell(c, r[c.key])) for c in COLUMNS]
         if r["_score_source"] == "pgd":
-            cells[[c.key for c in COLUMNS].index("robust_acc")] += " †"
+            cells[aa_index] += " †"
         lines.append("| " + " | ".join(cells) + " |")
-    note = footnote(rows)
-    lines += ["", "Ranked by AutoAttack robust accuracy (standard version)."] + ([note] if note else [])
+    return lines
+
+
+def to_markdown(rows: list[dict], title: str = "Leaderboard") -> str:
+    """One section per threat model, each with its own ranked table and footnote."""
+    lines = [f"# {markdown_line(title)}", "", RANKING_NOTE]
+    for threat, group in _regroup(rows):
+        lines += ["", f"## {markdown_line(threat.label)}", ""] + _markdown_table(group)
+        lines += ["", markdown_line(footnote(group))]
     return "\n".join(lines) + "\n"
 
 
+def csv_text(rows: list[dict]) -> str:
+    """All rows in one CSV; the threat-model columns say which table a row belongs to."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow([c.key for c in COLUMNS] + ["ranked_by"])
+    for r in rows:
+        writer.writerow([csv_cell(r[c.key]) for c in COLUMNS] + [r["_score_source"]])
+    return buffer.getvalue()
+
+
 def write_csv(rows: list[dict], path: str | Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow([c.key for c in COLUMNS] + ["ranked_by"])
-        for r in rows:
-            writer.writerow(["" if r[c.key] is None else r[c.key] for c in COLUMNS] + [r["_score_source"]])
+    atomic_write_bytes(path, csv_text(rows).encode())
 
 
-def write_leaderboard(entries: list[dict], out_dir: str | Path, title: str = "regcollide leaderboard"
-                      ) -> dict[str, Path]:
-    """Write ``leaderboard.md``, ``leaderboard.csv`` and ``leaderboard.html`` into ``out_dir``."""
+def write_leaderboard(entries: list[dict], out_dir: str | Path, title: str = "regcollide leaderboard",
+                      single_table: bool = False) -> dict[str, Path]:
+    """Write ``leaderboard.md``, ``leaderboard.csv`` and ``leaderboard.html`` into ``out_dir``.
+
+    Entries from different threat models get one table each; with ``single_table`` they are refused
+    (:class:`~regcollide.reports.entries.MixedThreatModelsError`) instead. Everything is rendered before
+    anything is written, and each file is replaced atomically.
+    """
     if not entries:
         raise ValueError("no eval entries to rank; run `regcollide eval RUN... --out DIR` first")
+    if single_table:
+        require_one_threat_model(entries, "a single leaderboard table",
+                                 "drop --single-table to get one table per threat model")
+    groups = sections(entries)
+    rows = [row for _, group in groups for row in group]
+    texts = {"markdown": to_markdown(rows, title), "csv": csv_text(rows),
+             "html": render_html([(t.label, g, footnote(g)) for t, g in groups], COLUMNS, format_cell, title,
+                                 RANKING_NOTE)}
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = table_rows(entries)
     paths = {"markdown": out_dir / "leaderboard.md", "csv": out_dir / "leaderboard.csv",
              "html": out_dir / "leaderboard.html"}
-    paths["markdown"].write_text(to_markdown(rows, title))
-    write_csv(rows, paths["csv"])
-    paths["html"].write_text(render_html(rows, COLUMNS, format_cell, footnote(rows), title))
+    for kind, path in paths.items():
+        atomic_write_bytes(path, texts[kind].encode())
     return paths
