@@ -48,7 +48,7 @@ def _timm_cache_only(name: str, pretrained: bool) -> bool:
     """Check the weights (and an ``hf-hub:`` model's config) can be had; True: read the hub cache only."""
     import timm
 
-    label = f"timm:{name}"
+    label = name if name.startswith(HF_HUB) else f"timm:{name}"
     if name.startswith(HF_HUB):
         repo = name[len(HF_HUB):]
         cache_only = require_hub(label, repo, ("config.json",))  # the architecture itself comes from the hub

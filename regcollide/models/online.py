@@ -23,9 +23,10 @@ class OfflineError(CheckpointError):
     """Pretrained weights were requested, are not cached locally, and their host cannot be reached."""
 
 
-def offline_error(model: str, where: str) -> OfflineError:
-    return OfflineError(f"cannot download pretrained weights for '{model}' ({where} unreachable and not in the "
-                        "local cache): download them where there is a network and pass --weights FILE "
+def offline_error(model: str, reason: str) -> OfflineError:
+    """One line: why the download cannot happen, and the local-file alternative."""
+    return OfflineError(f"cannot download pretrained weights for '{model}': {reason}, and they are not in the "
+                        "local cache. Download them where there is a network and pass --weights FILE "
                         "(a safetensors file or a torch.save state dict).")
 
 
@@ -61,13 +62,13 @@ def require_hub(model: str, repo_id: str, files: tuple[str, ...] = HF_WEIGHT_FIL
     cached = hf_cached(repo_id, files)
     if hub_offline():
         if not cached:
-            raise offline_error(model, "HF_HUB_OFFLINE=1 is set: the hub is")
+            raise offline_error(model, "HF_HUB_OFFLINE=1 is set")
         return True
     if hub_reachable():
         return False
     if cached:
         return True
-    raise offline_error(model, "the Hugging Face hub")
+    raise offline_error(model, "the Hugging Face hub cannot be reached")
 
 
 def url_cached(url: str) -> Path | None:
@@ -83,4 +84,4 @@ def require_url(model: str, url: str) -> None:
     from regcollide.data.network import reachable
 
     if url_cached(url) is None and not reachable(url):
-        raise offline_error(model, f"the weights host of {os.path.basename(urlparse(url).path)} is")
+        raise offline_error(model, f"the host of {os.path.basename(urlparse(url).path)} cannot be reached")

@@ -89,7 +89,7 @@ def _download(ident: str, gdrive_id: str, path: Path) -> None:
     from regcollide.data.network import reachable  # imports `datasets` (seconds): only for a download
 
     if not reachable(GDRIVE_PROBE_URL):
-        raise offline_error(f"rb:{ident}", "RobustBench's download host is")
+        raise offline_error(f"rb:{ident}", "RobustBench's download host cannot be reached")
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".part")
     download_gdrive(gdrive_id, partial)
@@ -106,7 +106,7 @@ def create_robustbench(ident: str, pretrained: bool = False) -> nn.Module:
     try:
         model = entry["model"]()
     except OSError as err:  # some ImageNet entries fetch torchvision weights while building
-        raise offline_error(f"rb:{ident}", "the weights host of its architecture is") from err
+        raise offline_error(f"rb:{ident}", f"its architecture fetches weights while building ({err})") from err
     if pretrained:
         path = weights_path(dataset, threat, name)
         if not path.is_file():
