@@ -86,7 +86,8 @@ def test_bad_parameters_list_the_valid_ones(name, params, bad):
 @pytest.mark.parametrize("name, params, bad", [
     ("decorrelation", {"tau": 1.5}, "tau must be in"),
     ("singular", {"refresh_every": 0}, "refresh_every must be > 0"),
-    ("singular", {"measure": "logdet", "refresh_every": 4}, "refresh_every > 1 needs"),
+    ("singular", {"tolerance": 0.0}, "tolerance must be > 0"),
+    ("singular", {"track_every": 0}, "track_every must be > 0"),
     ("trades", {"eps": -0.1}, "eps must be > 0"),
 ])
 def test_out_of_range_values_say_what_to_change(name, params, bad):
