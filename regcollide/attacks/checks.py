@@ -64,6 +64,26 @@ def merge_flags(*groups: Iterable[Flag | Mapping[str, str]]) -> list[Flag]:
     return list(dict.fromkeys(Flag.from_dict(f) for group in groups for f in group))
 
 
+def check_batch(images: Tensor, labels: Tensor | None = None) -> None:
+    """Refuse a batch no evaluator can measure honestly: images must be finite and in [0, 1].
+
+    Every budget ε in regcollide is in pixel units of [0, 1] images (normalization lives inside the
+    model), so images outside that box mean the caller normalized twice or passed raw 0-255 pixels.
+    Raises ValueError with one line saying what to do.
+    """
+    if not torch.is_tensor(images) or not images.is_floating_point():
+        got = getattr(images, "dtype", type(images).__name__)
+        raise ValueError(f"images must be a floating-point tensor in [0, 1], got {got}")
+    if images.numel() and not bool(torch.isfinite(images).all()):
+        raise ValueError("images contain NaN or inf: pass finite images in [0, 1]")
+    if images.numel() and (float(images.min()) < 0 or float(images.max()) > 1):
+        raise ValueError(f"images must lie in [0, 1] (models normalize internally), got values in "
+                         f"[{float(images.min()):.4g}, {float(images.max()):.4g}]: do not normalize them yourself")
+    if labels is not None and (labels.ndim != 1 or len(labels) != len(images) or labels.is_floating_point()):
+        raise ValueError(f"labels must be one integer per image, shape ({len(images)},), got "
+                         f"{tuple(labels.shape)} {labels.dtype}")
+
+
 NON_MONOTONE = "non_monotone_accuracy"
 LARGE_EPS = "large_eps_accuracy"
 UNSTABLE_STEPS = "unstable_steps"

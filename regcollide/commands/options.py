@@ -9,6 +9,7 @@ these functions honours them without any change to its signature.
 from __future__ import annotations
 
 import functools
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -118,6 +119,9 @@ def load_model_and_data(model: str, checkpoint: str | None, data: str, n: int, s
 
     net, info = load_model(model, checkpoint, data)
     chans, size, _ = info["input_shape"]
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.get_parameter_source("data") == click.core.ParameterSource.COMMANDLINE:
+        info["data"] = data  # an explicit --data wins over the run's dataset, never silently ignored
     images, labels = load_tensors(info.get("data") or data, split, n=n, seed=seed, image_size=size)
     check_labels(labels, info.get("num_classes"), info.get("data") or data)
     images = adapt_images(images, chans, size)
@@ -126,6 +130,13 @@ def load_model_and_data(model: str, checkpoint: str | None, data: str, n: int, s
 
 
 def ensure_out(out: str) -> Path:
+    """Create the output folder and prove it writable, before any work: one line if it is not."""
     path = Path(out)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise click.ClickException(f"cannot write to output folder {out}: {err.strerror or err}; "
+                                   "choose a writable --out") from None
     return path

@@ -33,6 +33,6 @@ def test_attack_pgd_rejects_bad_options(tmp_path):
     assert bad_norm.exit_code == 2 and "l3" in bad_norm.output
     bad_max = runner.invoke(main, ["attack", "pgd", "mlp", "--n", "4", "--eps", "0.1", "--eps-max", "0.05",
                                    "--no-progress", "--out", str(tmp_path)])
-    assert bad_max.exit_code == 1 and "eps_max" in bad_max.output
+    assert bad_max.exit_code == 2 and "--eps-max 0.05 must be larger than --eps 0.1" in bad_max.output
     unknown = runner.invoke(main, ["attack", "pgd", "no-such-model", "--out", str(tmp_path)])
     assert unknown.exit_code != 0 and "Traceback" not in unknown.output

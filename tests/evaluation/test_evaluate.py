@@ -13,8 +13,10 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from regcollide.evaluation.evaluate import EvalSettings, evaluate_run
-from regcollide.evaluation.parts import merge_shards, run_nullspace
+from regcollide.evaluation.evaluate import evaluate_run
+from regcollide.evaluation.registry import PartContext, get_part
+from regcollide.evaluation.settings import EvalSettings
+from regcollide.evaluation.sharding import merge_shards
 
 CONTRACT = ("name", "model", "dataset", "training", "clean_acc", "pgd", "autoattack", "audit", "nullspace",
             "polytope", "seed", "versions", "weights_hash", "settings", "settings_hash", "timings")
@@ -101,27 +103,28 @@ def test_cache_reuses_only_unchanged_parts(run, tmp_path):
 
 
 def test_autoattack_runs_on_a_prefix_of_the_pgd_images_and_is_not_weaker(run, monkeypatch):
-    import regcollide.evaluation.parts as parts_
+    import regcollide.evaluation.parts.autoattack as aa_part
+    import regcollide.evaluation.parts.pgd as pgd_part
     from regcollide.data import load_tensors
 
     seen = {}
 
-    def spy(name):
-        real = getattr(parts_, name)
+    def spy(module, name):
+        real = getattr(module, name)
 
-        def wrapped(model, images, labels, settings, accelerator=None):
+        def wrapped(model, images, labels, **kwargs):
             seen[name] = (images.clone(), labels.clone())
-            return real(model, images, labels, settings, accelerator)
-        monkeypatch.setattr(parts_, name, wrapped)
+            return real(model, images, labels, **kwargs)
+        monkeypatch.setattr(module, name, wrapped)
 
-    spy("run_pgd")
-    spy("run_autoattack")
+    spy(pgd_part, "evaluate_pgd")
+    spy(aa_part, "evaluate_autoattack")
     settings = {**FAST, "n": 24, "pgd_steps": 10, "autoattack_n": 8, "parts": ["pgd", "autoattack"]}
     entry = evaluate_run(run, settings, cache={})
 
     x, y = load_tensors("mnist5k", "test", n=24, seed=0)
-    assert torch.equal(seen["run_pgd"][0], x) and torch.equal(seen["run_pgd"][1], y)
-    assert torch.equal(seen["run_autoattack"][0], x[:8]) and torch.equal(seen["run_autoattack"][1], y[:8])
+    assert torch.equal(seen["evaluate_pgd"][0], x) and torch.equal(seen["evaluate_pgd"][1], y)
+    assert torch.equal(seen["evaluate_autoattack"][0], x[:8]) and torch.equal(seen["evaluate_autoattack"][1], y[:8])
     assert len(set(y[:8].tolist())) >= 4   # the prefix is a class mixture, not one sorted class
 
     aa, pgd = entry["autoattack"], entry["pgd"]
@@ -135,11 +138,11 @@ def test_autoattack_runs_on_a_prefix_of_the_pgd_images_and_is_not_weaker(run, mo
 
 
 def test_autoattack_subset_and_weaker_than_pgd_flag():
-    from regcollide.evaluation.parts import compare_to_pgd
-    from regcollide.evaluation.settings import autoattack_subset
+    from regcollide.evaluation.parts.autoattack import compare_to_pgd
 
-    assert autoattack_subset(EvalSettings(n=200, autoattack_n=32)) == 32
-    assert autoattack_subset(EvalSettings(n=20, autoattack_n=32)) == 20   # never beyond PGD's images
+    subset = get_part("autoattack").n_images
+    assert subset(EvalSettings(n=200, autoattack_n=32)) == 32
+    assert subset(EvalSettings(n=20, autoattack_n=32)) == 20   # never beyond PGD's images
     # PGD: 4 images, ε* = 0 (misclassified), 0.05 (broken at ε=0.1), 0.3 and 0.4 (robust) -> robust 2/4.
     pgd = {"eps": 0.1, "eps_star": [0.0, 0.05, 0.3, 0.4]}
     stronger = compare_to_pgd({"n": 4, "clean_acc": 0.75, "robust_acc": 0.25, "flags": []}, pgd)
@@ -158,7 +161,11 @@ def test_inapplicable_parts_are_null_with_reason(tmp_path):
     vit = make_run(tmp_path / "vit", name="vit-tiny", width=0.25, steps=1)
     entry = evaluate_run(vit, {"parts": ["polytope"], "n": 8}, cache={})
     assert entry["polytope"] is None and "ReLU" in entry["skipped"]["polytope"]
-    out = run_nullspace(None, None, None, EvalSettings(), audit={"first_nullity": 0})
+    from regcollide.evaluation.registry import PartOutcome
+
+    ctx = PartContext(model=None, images=None, labels=None, settings=EvalSettings(), input_shape=(1, 28, 28),
+                      outcomes={"audit": PartOutcome(value={"first_nullity": 0})})
+    out = get_part("nullspace").run(ctx)
     assert out.value is None and "nullity(W1) = 0" in out.reason
 
 
