@@ -18,7 +18,7 @@ from pathlib import Path
 
 from torch import nn
 
-from regcollide.models import resnet_cifar, small, vit  # noqa: F401  (registers the zoo)
+from regcollide.models import interventions, resnet_cifar, small, vit  # noqa: F401  (registers the zoo)
 from regcollide.models.external import (
     create_timm,
     create_torchvision,
