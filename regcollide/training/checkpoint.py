@@ -87,11 +87,15 @@ def _split(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
 def _join(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(tree, dict) and "__tensor__" in tree:
         return tensors[tree["__tensor__"]]
-    if isinstance(tree, dict):
-        return {_join(k, tensors): _join(v, tensors) for k, v in tree["__dict__"]}
+    if isinstance(tree, dict):  # keys come back hashable: a tuple key was stored as a list
+        return {_hashable(_join(k, tensors)): _join(v, tensors) for k, v in tree["__dict__"]}
     if isinstance(tree, list):
         return [_join(v, tensors) for v in tree]
     return tree
+
+
+def _hashable(key: Any) -> Any:
+    return tuple(_hashable(k) for k in key) if isinstance(key, list) else key
 
 
 def rng_tensors() -> dict[str, torch.Tensor]:

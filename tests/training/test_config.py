@@ -96,9 +96,14 @@ def test_cli_rejects_bad_configs_without_creating_a_run(tmp_path, capsys):
     main = load_script().main
     cases = ["train.epoch=3", "train.lr=-1", "train.epochs=x", "model.name=nosuch",
              "regularizers=[{name: nosuch}]", "regularizers=[{name: singular, params: {nosuch: 1}}]",
-             "regularizers=[{name: distill, params: {teacher: no/such/run}}]"]
+             "regularizers=[{name: distill, params: {teacher: no/such/run}}]",
+             # non-finite numbers, unsafe run names and unknown trackers: refused before any folder exists
+             "train.lr=nan", "train.lr=.inf", "train.momentum=-.inf", "eval.eps=nan",
+             "regularizers=[{name: singular, weight: .nan}]", "regularizers=[{name: pgd_at, params: {eps: .inf}}]",
+             "run_name=..", "run_name=/tmp", "run_name=a/b", "run_name=-x", "run_name=.hidden",
+             "train.log_with=[nosuch]", "out_dir=/dev/null"]
     for case in cases:
-        code = main(["--set", f"out_dir={tmp_path}", "--set", "run_name=bad", "--set", case])
+        code = main(["--set", f"out_dir={tmp_path}", "--set", "run_name=bad", "--set", case, "--overwrite"])
         err = capsys.readouterr().err
         assert code == 2, (case, err)
         lines = err.strip().splitlines()
@@ -123,3 +128,25 @@ def test_cli_exit_code_for_a_bad_config(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip() == "error: train.lr: value -1.0 out of range; must be > 0.0"
     assert not any(tmp_path.iterdir())
+
+
+def test_nan_learning_rate_is_one_line_and_no_folder(tmp_path):
+    out = subprocess.run([sys.executable, str(SCRIPT), "--set", "train.lr=nan", "--set", f"out_dir={tmp_path}"],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: train.lr: must be a finite number, got 'nan'"
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00garbage" * 40], ids=["empty", "garbage"])
+def test_distillation_teacher_with_corrupt_weights_is_one_line(tmp_path, capsys, content):
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "config.yaml").write_text(dump_config(load_config(None, ["model.width=0.125"])))
+    (teacher / "model.safetensors").write_bytes(content)
+    out = tmp_path / "runs"
+    code = load_script().main(["--set", f"out_dir={out}", "--set",
+                               f"regularizers=[{{name: distill, params: {{teacher: {teacher}}}}}]"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "cannot read weights file" in err[0], err
+    assert not out.exists()

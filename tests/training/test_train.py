@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from regcollide.runs import latest_training_state, load_run
+from regcollide.runs import RUN_MARKER, load_run
+from regcollide.training.checkpoint import latest_state
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "train" / "regularized.py"
@@ -60,7 +61,7 @@ def test_run_folder_is_complete_and_loadable(tmp_path):
     assert results["audit"]["n_weights"] == 3
     model, loaded_config = load_run(run_dir)  # plain mlp, no spectral-norm parametrization left
     assert loaded_config["model"]["width"] == 0.125
-    assert latest_training_state(run_dir).name == "step_00000016"
+    assert latest_state(run_dir).name == "step_00000016"
     assert "clean accuracy" in out.stdout  # the summary table
 
     again = train(tmp_path, "--set", "run_name=tiny")
@@ -75,7 +76,44 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
     message = out.stderr.strip().splitlines()
     assert len(message) == 1 and message[0].startswith("error: loss is not finite at step")
     assert "cross_entropy" in message[0] and "blew up" in message[0]
-    latest = latest_training_state(tmp_path / "nan")
+    latest = latest_state(tmp_path / "nan")
     assert latest is not None and f"{latest} is kept" in message[0]
     assert (latest / "model.safetensors").is_file() and (latest / "optimizer.bin").is_file()
     assert not (tmp_path / "nan" / "model.safetensors").exists()
+
+
+def test_library_run_tracks_to_tensorboard(train_run):
+    """train.log_with goes to accelerate; the event file holds every logged loss and the resolved config."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = train_run("train.log_with=[tensorboard]", "eval.enabled=false")
+    assert result.completed and result.global_step == 16
+    events = sorted(result.run_dir.rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file in the run folder"
+    logged = {r["step"]: r["loss"] for r in lines(result.run_dir / "metrics.jsonl") if r["event"] == "train"}
+    scalars = {}
+    for path in events:
+        acc = EventAccumulator(str(path.parent))
+        acc.Reload()
+        if "loss" in acc.Tags()["scalars"]:
+            scalars = {e.step: e.value for e in acc.Scalars("loss")}
+    assert scalars.keys() == logged.keys() == {4, 8, 12, 16}
+    assert all(scalars[k] == pytest.approx(logged[k], rel=1e-6) for k in logged)
+    hparams = b"".join(p.read_bytes() for p in events)
+    assert b"train.log_with" in hparams and b"model.width" in hparams  # the flattened config
+
+
+def test_library_run_folder_is_claimed_and_marked(train_run):
+    result = train_run()
+    assert (result.run_dir / RUN_MARKER).is_file() and result.run_dir.name == "run"
+    assert 0.1 < result.results["clean_acc"] <= 1.0
+    assert result.model is not None and not result.model.training
+
+
+def test_overwrite_through_the_cli_keeps_an_unmarked_folder(tmp_path):
+    victim = tmp_path / "data"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+    out = train(tmp_path, "--set", "run_name=data", "--overwrite")
+    assert out.returncode == 2 and "not a run folder written by regcollide" in out.stderr
+    assert (victim / "keep.txt").read_text() == "precious" and sorted(p.name for p in tmp_path.iterdir()) == ["data"]
