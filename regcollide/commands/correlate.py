@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from regcollide.commands.options import user_errors
@@ -13,25 +15,51 @@ from regcollide.commands.options import user_errors
               help="Output folder for report.md, scatter.png, correlations.csv and correlations.json.")
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
               show_default=True, help="Family-wise error rate for the Holm correction.")
-@click.option("--n-boot", type=click.IntRange(min=100), default=2000, show_default=True,
+@click.option("--n-boot", type=click.IntRange(min=100, max=1_000_000), default=2000, show_default=True,
               help="Bootstrap resamples for the 95% confidence intervals.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option("--n-perm", type=click.IntRange(min=99, max=1_000_000), default=9999, show_default=True,
+              help="Monte Carlo permutations for p-values above 8 models (exact enumeration up to 8).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap and permutations.")
+@click.option("--per-threat-model", is_flag=True,
+              help="Analyse each threat model (dataset, norm, ε) separately, in OUT/<dataset>-<norm>-eps<ε>/, "
+                   "instead of refusing entries from more than one.")
 @user_errors
-def correlate(entries_dir, out, alpha, n_boot, seed):
+def correlate(entries_dir, out, alpha, n_boot, n_perm, seed, per_threat_model):
     """Spearman/Kendall/Pearson of every structural metric (ν, μ, nullity, ...) against every PGD-ease
-    metric (median ε*, robust accuracy, steps to success, AutoAttack), with bootstrap CIs and Holm
-    correction. Example: regcollide correlate results/ --out docs/study/
+    metric (median ε*, robust accuracy, steps to success, AutoAttack), with permutation p-values, bootstrap
+    CIs and Holm correction. Below 6 models the report says nothing can be concluded.
+    Example: regcollide correlate results/ --out study/
     """
     from regcollide.reports.correlation import correlate_entries
     from regcollide.reports.correlation_report import write_correlation_report
-    from regcollide.reports.leaderboard import load_entries
+    from regcollide.reports.entries import group_by_threat_model, load_entries, require_one_threat_model
+    from regcollide.reports.outputs import check_out_dir
 
-    entries = load_entries(entries_dir)
-    study = correlate_entries(entries, alpha=alpha, n_boot=n_boot, seed=seed)
-    groups = [str(e.get("model")) for e in entries]
-    for kind, path in write_correlation_report(study, out, groups=groups).items():
-        click.echo(f"{kind}: {path}")
-    significant = sum(t.significant for t in study.tests)
-    computed = sum(t.skipped is None for t in study.tests)
-    click.echo(f"{significant} of {computed} computable correlations significant after Holm correction "
-               f"(alpha={alpha}).")
+    problems: list[str] = []
+    entries = load_entries(entries_dir, problems)
+    for line in problems:
+        click.echo(f"skipped: {line}", err=True)
+    if per_threat_model:
+        groups = {Path(out) / t.slug: g for t, g in group_by_threat_model(entries).items()}
+    else:
+        require_one_threat_model(entries, "correlate", "pass --per-threat-model to analyse each group separately")
+        groups = {Path(out): entries}
+    check_out_dir(out)
+    small = {folder: len(g) for folder, g in groups.items() if len(g) < 3}
+    if per_threat_model and len(small) == len(groups):
+        raise click.ClickException("no threat model has the 3 entries a correlation needs; evaluate more runs "
+                                   "with `regcollide eval`")
+    for folder, group in groups.items():
+        if per_threat_model and folder in small:
+            click.echo(f"skipped {folder}: only {small[folder]} entries (a correlation needs at least 3)", err=True)
+            continue
+        study = correlate_entries(group, alpha=alpha, n_boot=n_boot, seed=seed, n_permutations=n_perm)
+        families = [str(e.get("model")) for e in group]
+        for kind, path in write_correlation_report(study, folder, groups=families).items():
+            click.echo(f"{kind}: {path}")
+        computed = sum(t.skipped is None for t in study.tests)
+        if not study.conclusive:
+            click.echo(f"{study.n_models} models (fewer than {study.min_n}): nothing can be concluded.")
+        else:
+            click.echo(f"{sum(t.significant for t in study.tests)} of {computed} computable correlations "
+                       f"significant after Holm correction (alpha={alpha}).")

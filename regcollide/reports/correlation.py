@@ -4,10 +4,15 @@ Ozbulak et al. ("Exact Feature Collisions in Neural Networks") count weight matr
 null space (ν) and with fewer rows than columns (μ) but leave open whether these structural quantities
 predict adversarial vulnerability. This module answers that across a zoo of eval entries: every
 structural metric is set against every PGD-ease metric (Madry et al., ICLR 2018; AutoAttack, Croce & Hein,
-ICML 2020) with Spearman ρ, Kendall τ and Pearson r, percentile-bootstrap 95% confidence intervals
+ICML 2020) with Spearman ρ, Kendall τ and Pearson r, permutation p-values (exact up to 8 models, never
+0; see :mod:`regcollide.reports.correlation_stats`), percentile-bootstrap 95% confidence intervals
 (Efron & Tibshirani, "An Introduction to the Bootstrap", 1993) and Holm's step-down correction
 (Holm, "A Simple Sequentially Rejective Multiple Test Procedure", Scand. J. Statistics 1979) across the
-family of tests.
+family of tests. Below :data:`MIN_N` models a test is computed but reported as inconclusive, and Pearson
+tests that survive Holm are re-checked without their one and two most influential models.
+
+Entries must share one threat model (dataset, norm, ε): robust accuracy at ε = 0.3 is not comparable with
+robust accuracy at ε = 0.1.
 
 Example::
 
@@ -25,7 +30,25 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-STATISTICS = ("spearman", "kendall", "pearson")
+from regcollide.reports.correlation_stats import (
+    EXACT_MAX_N,
+    N_PERMUTATIONS,
+    STATISTICS,
+    bootstrap_ci,
+    holm,
+    most_influential,
+    pearson_rows,
+    permutation_pvalues,
+)
+from regcollide.reports.entries import require_one_threat_model
+
+__all__ = ["EASE", "EXACT_MAX_N", "MIN_N", "STATISTICS", "STRUCTURAL", "CorrelationStudy", "CorrelationTest",
+           "bootstrap_ci", "correlate_entries", "holm", "metric_label", "metric_values"]
+
+# Below 6 models nothing can be concluded: one model moves ρ by more than ±0.5, and the smallest two-sided
+# exact p-value, 2/n!, is 0.083 at n = 4 and 0.017 at n = 5, which no Holm family of more than two tests
+# can bring under α = 0.05.
+MIN_N = 6
 
 
 def _layer_mean(entry: dict, fn: Callable[[dict], float | None]) -> float | None:
@@ -80,6 +103,11 @@ EASE: dict[str, tuple[str, Callable[[dict], Any], str]] = {
 }
 
 
+def metric_label(name: str) -> str:
+    """Display label of a structural or ease metric, e.g. ``ν/n_θ``."""
+    return STRUCTURAL[name][0] if name in STRUCTURAL else EASE[name][0]
+
+
 @dataclass
 class CorrelationTest:
     structural: str
@@ -97,7 +125,20 @@ class CorrelationTest:
     spearman_p_holm: float | None = None
     kendall_p_holm: float | None = None
     pearson_p_holm: float | None = None
-    significant: bool = False          # Spearman (the primary statistic) after Holm at alpha
+    p_method: str | None = None        # how the permutation p-values were computed
+    # Pearson's normal-theory p (t-test, assumes bivariate normality), for comparison with the permutation p:
+    pearson_p_normal: float | None = None
+    pearson_p_normal_holm: float | None = None
+    significant: bool = False          # Spearman (the primary statistic) after Holm at alpha, n >= MIN_N
+    pearson_significant: bool = False  # Pearson after Holm at alpha, n >= MIN_N
+    inconclusive: bool = False         # n < MIN_N: computed, but nothing can be concluded
+    # Pearson tests that survive Holm (permutation p, else normal-theory p: influence_p says which),
+    # re-tested with that same p-value without their most influential one and two models:
+    influence_p: str | None = None
+    influential: list[str] = field(default_factory=list)          # removed models, most influential first
+    pearson_without: list[float | None] = field(default_factory=list)      # r without 1, then 2 models
+    pearson_p_without: list[float | None] = field(default_factory=list)    # permutation p likewise
+    pearson_survives_without: list[bool] = field(default_factory=list)     # still significant after Holm
     skipped: str | None = None         # why no correlation could be computed
 
 
@@ -111,6 +152,14 @@ class CorrelationStudy:
     constant: dict[str, float] = field(default_factory=dict)   # metric -> its single value in the zoo
     values: dict[str, list[float | None]] = field(default_factory=dict)   # metric -> one value per entry
     names: list[str] = field(default_factory=list)
+    threat_model: str = ""
+    min_n: int = MIN_N
+    n_permutations: int = N_PERMUTATIONS
+    exact_max_n: int = EXACT_MAX_N
+
+    @property
+    def conclusive(self) -> bool:
+        return self.n_models >= self.min_n
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,110 +173,134 @@ def metric_values(entries: list[dict]) -> dict[str, list[float | None]]:
         column = []
         for e in entries:
             v = read(e)
-            column.append(float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            column.append(float(v) if ok else None)
         out[name] = column
     return out
 
 
-def holm(pvalues: list[float]) -> list[float]:
-    """Holm-adjusted p-values (step-down, monotone, capped at 1), in the input order."""
-    m = len(pvalues)
-    order = sorted(range(m), key=lambda i: pvalues[i])
-    adjusted = [0.0] * m
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * pvalues[i]))
-        adjusted[i] = running
-    return adjusted
+@dataclass
+class _Pairs:
+    x: np.ndarray
+    y: np.ndarray
+    names: list[str]
 
 
-def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Row-wise Spearman ρ of (B, n) arrays: Pearson of average ranks (ties averaged like scipy)."""
-    return _pearson_rows(stats.rankdata(x, axis=1), stats.rankdata(y, axis=1))
+def _pairs(xs: list, ys: list, names: list[str]) -> _Pairs:
+    kept = [(a, b, n) for a, b, n in zip(xs, ys, names) if a is not None and b is not None]
+    return _Pairs(np.array([k[0] for k in kept]), np.array([k[1] for k in kept]), [k[2] for k in kept])
 
 
-def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    xc = x - x.mean(1, keepdims=True)
-    yc = y - y.mean(1, keepdims=True)
-    denom = np.sqrt((xc ** 2).sum(1) * (yc ** 2).sum(1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, (xc * yc).sum(1) / denom, np.nan)
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    return float(pearson_rows(x[None], y[None])[0])
 
 
-def _kendall_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Row-wise Kendall τ-b (scipy's default variant) of (B, n) arrays from pairwise sign matrices."""
-    sx = np.sign(x[:, :, None] - x[:, None, :])   # (B, n, n); 0 on ties, which τ-b leaves out
-    sy = np.sign(y[:, :, None] - y[:, None, :])
-    denom = np.sqrt((sx ** 2).sum((1, 2)) * (sy ** 2).sum((1, 2)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, (sx * sy).sum((1, 2)) / denom, np.nan)
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    return float(stats.spearmanr(x, y).statistic)
 
 
-def bootstrap_ci(x: np.ndarray, y: np.ndarray, statistic: str, n_boot: int, rng: np.random.Generator,
-                 level: float = 0.95) -> tuple[float, float] | None:
-    """Percentile bootstrap CI over models (pairs resampled together).
-
-    Resamples in which either variable is constant have no correlation and are dropped; None if fewer
-    than half the resamples remain, since the interval would then describe a biased subset.
-    """
-    idx = rng.integers(0, len(x), size=(n_boot, len(x)))   # (B, n)
-    xb, yb = x[idx], y[idx]
-    if statistic == "pearson":
-        values = _pearson_rows(xb, yb)
-    elif statistic == "spearman":
-        values = _spearman_rows(xb, yb)
-    else:
-        values = np.concatenate([_kendall_rows(xb[i:i + 256], yb[i:i + 256]) for i in range(0, n_boot, 256)])
-    values = values[np.isfinite(values)]
-    if len(values) < n_boot / 2:
-        return None
-    lo, hi = np.percentile(values, [50 * (1 - level), 50 * (1 + level)])
-    return (float(lo), float(hi))
+def _kendall(x: np.ndarray, y: np.ndarray) -> float:
+    return float(stats.kendalltau(x, y).statistic)
 
 
-def _one_test(s: str, e: str, xs: list, ys: list, n_boot: int, rng: np.random.Generator) -> CorrelationTest:
-    pairs = [(a, b) for a, b in zip(xs, ys) if a is not None and b is not None]
-    test = CorrelationTest(structural=s, ease=e, n=len(pairs))
-    if len(pairs) < 3:
-        test.skipped = f"only {len(pairs)} models have both metrics (need at least 3)"
+ROWS_ONE = {"pearson": _pearson, "spearman": _spearman, "kendall": _kendall}
+
+
+def _one_test(s: str, e: str, pairs: _Pairs, n_boot: int, rng: np.random.Generator,
+              perm_rng: np.random.Generator, n_permutations: int) -> CorrelationTest:
+    x, y = pairs.x, pairs.y
+    test = CorrelationTest(structural=s, ease=e, n=len(x), inconclusive=len(x) < MIN_N)
+    if len(x) < 3:
+        test.skipped = f"only {len(x)} models have both metrics (need at least 3)"
         return test
-    x, y = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
     for name, arr in ((s, x), (e, y)):
         if np.ptp(arr) == 0:
             test.skipped = f"{name} is constant ({arr[0]:g}) across these models"
             return test
-    for stat, fn in (("spearman", stats.spearmanr), ("kendall", stats.kendalltau), ("pearson", stats.pearsonr)):
-        res = fn(x, y)
-        setattr(test, stat, float(res.statistic))
-        setattr(test, f"{stat}_p", float(res.pvalue))
+    pvalues, test.p_method = permutation_pvalues(x, y, perm_rng, n_permutations)
+    for stat in STATISTICS:
+        setattr(test, stat, float(ROWS_ONE[stat](x, y)))
+        setattr(test, f"{stat}_p", pvalues[stat])
         setattr(test, f"{stat}_ci", bootstrap_ci(x, y, stat, n_boot, rng))
+    test.pearson_p_normal = float(stats.pearsonr(x, y).pvalue)
     return test
 
 
-def correlate_entries(entries: list[dict], alpha: float = 0.05, n_boot: int = 2000, seed: int = 0
-                      ) -> CorrelationStudy:
-    """All structural × ease tests over ``entries``, Holm-corrected per statistic across the family."""
+def _pearson_p(kind: str, x: np.ndarray, y: np.ndarray, perm_rng: np.random.Generator, n_permutations: int
+               ) -> float:
+    if kind == "normal":
+        return float(stats.pearsonr(x, y).pvalue)
+    return permutation_pvalues(x, y, perm_rng, n_permutations)[0]["pearson"]
+
+
+def _influence(test: CorrelationTest, pairs: _Pairs, family: list[CorrelationTest], alpha: float,
+               perm_rng: np.random.Generator, n_permutations: int) -> None:
+    """Re-test a Holm-significant Pearson correlation without its 1 and 2 most influential models.
+
+    The same kind of p-value that made it significant is recomputed, and Holm is re-run on the whole
+    Pearson family with this test's p-value replaced, so "survives" means the same decision rule as the
+    full analysis, only without those models.
+    """
+    kind = test.influence_p
+    raw = [t.pearson_p if kind == "permutation" else t.pearson_p_normal for t in family]
+    position = family.index(test)
+    keep = np.ones(len(pairs.x), dtype=bool)
+    while len(test.influential) < 2 and keep.sum() > 3:
+        idx = np.flatnonzero(keep)
+        drop = idx[most_influential(pairs.x[idx], pairs.y[idx])]
+        keep[drop] = False
+        x, y = pairs.x[keep], pairs.y[keep]
+        test.influential.append(pairs.names[drop])
+        if np.ptp(x) == 0 or np.ptp(y) == 0:
+            test.pearson_without.append(None)
+            test.pearson_p_without.append(None)
+            test.pearson_survives_without.append(False)
+            continue
+        p = _pearson_p(kind, x, y, perm_rng, n_permutations)
+        test.pearson_without.append(_pearson(x, y))
+        test.pearson_p_without.append(p)
+        adjusted = holm(raw[:position] + [p] + raw[position + 1:])[position]
+        test.pearson_survives_without.append(bool(adjusted < alpha and keep.sum() >= MIN_N))
+
+
+def correlate_entries(entries: list[dict], alpha: float = 0.05, n_boot: int = 2000, seed: int = 0,
+                      n_permutations: int = N_PERMUTATIONS) -> CorrelationStudy:
+    """All structural × ease tests over ``entries`` (one threat model), Holm-corrected per statistic."""
     if len(entries) < 3:
         raise ValueError(f"a correlation needs at least 3 eval entries, got {len(entries)}; evaluate more "
                          "runs with `regcollide eval`")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if n_permutations < 99:
+        raise ValueError(f"n_permutations must be at least 99, got {n_permutations}")
+    threat = require_one_threat_model(entries, "a correlation study",
+                                      "use `regcollide correlate --per-threat-model` to analyse each group")
     values = metric_values(entries)
+    names = [str(e.get("name")) for e in entries]
     study = CorrelationStudy(n_models=len(entries), alpha=alpha, n_boot=n_boot, seed=seed, values=values,
-                             names=[str(e.get("name")) for e in entries])
+                             names=names, threat_model=threat.label, n_permutations=n_permutations)
     for name, column in values.items():
         present = {v for v in column if v is not None}
         if len(present) == 1:
             study.constant[name] = present.pop()
-    rng = np.random.default_rng(seed)
+    # Separate streams: the bootstrap intervals do not depend on how many permutation tests ran.
+    rng, perm_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
+    pairs = {}
     for s in STRUCTURAL:
         for e in EASE:
-            study.tests.append(_one_test(s, e, values[s], values[e], n_boot, rng))
+            pairs[(s, e)] = _pairs(values[s], values[e], names)
+            study.tests.append(_one_test(s, e, pairs[(s, e)], n_boot, rng, perm_rng, n_permutations))
     computed = [t for t in study.tests if t.skipped is None]
-    for stat in STATISTICS:
-        adjusted = holm([getattr(t, f"{stat}_p") for t in computed])
+    for stat in (*STATISTICS, "pearson_p_normal"):
+        key = stat if stat == "pearson_p_normal" else f"{stat}_p"
+        adjusted = holm([getattr(t, key) for t in computed])
         for t, p in zip(computed, adjusted):
-            setattr(t, f"{stat}_p_holm", p)
+            setattr(t, f"{key}_holm", p)
     for t in computed:
-        t.significant = t.spearman_p_holm < alpha
+        t.significant = t.spearman_p_holm < alpha and not t.inconclusive
+        t.pearson_significant = t.pearson_p_holm < alpha and not t.inconclusive
+        if t.inconclusive or min(t.pearson_p_holm, t.pearson_p_normal_holm) >= alpha:
+            continue
+        t.influence_p = "permutation" if t.pearson_significant else "normal"
+        _influence(t, pairs[(t.structural, t.ease)], computed, alpha, perm_rng, n_permutations)
     return study

@@ -1,17 +1,25 @@
-"""Write a :class:`~regcollide.reports.correlation.CorrelationStudy` as a plain-words Markdown report, a CSV/JSON of
-every test and a scatter-plot grid (structural metric × PGD-ease metric)."""
+"""Write a :class:`~regcollide.reports.correlation.CorrelationStudy` as a plain-words Markdown report, a
+CSV/JSON of every test and a scatter-plot grid (structural metric × PGD-ease metric).
+
+The wording follows the statistics: below the minimum n the report says nothing can be concluded;
+significance is always "after Holm"; Pearson tests that survive Holm are shown next to what is left of
+them once their most influential models are removed.
+"""
 
 from __future__ import annotations
 
 import csv
+import io
+import math
 from pathlib import Path
 
-from regcollide.io import write_json
-from regcollide.reports.correlation import EASE, STRUCTURAL, CorrelationStudy, CorrelationTest
+from regcollide.io import atomic_write_bytes, write_json
+from regcollide.reports.cells import csv_cell, markdown_cell, markdown_line
+from regcollide.reports.correlation import EASE, CorrelationStudy, CorrelationTest
+from regcollide.reports.correlation import metric_label as _label
+from regcollide.reports.correlation_plot import scatter_grid
 
-
-def _label(name: str) -> str:
-    return STRUCTURAL[name][0] if name in STRUCTURAL else EASE[name][0]
+__all__ = ["describe", "markdown_report", "scatter_grid", "write_correlation_report"]
 
 
 def _fmt(v: float | None, spec: str = "+.2f") -> str:
@@ -29,7 +37,7 @@ def _p(p: float | None) -> str:
 
 
 def describe(t: CorrelationTest) -> str:
-    """One sentence for a computed test, e.g. 'more ν goes with smaller median ε* (ρ = -0.71, ...)'."""
+    """One sentence for a computed test, e.g. 'higher ν goes with smaller median ε* (ρ = -0.71, ...)'."""
     direction = "larger" if t.spearman > 0 else "smaller"
     meaning = EASE[t.ease][2]
     return (f"higher {_label(t.structural)} goes with {direction} {_label(t.ease)} "
@@ -37,24 +45,32 @@ def describe(t: CorrelationTest) -> str:
             f"{_p(t.spearman_p_holm)}, n = {t.n}); a larger {_label(t.ease)} means {meaning}")
 
 
-def markdown_report(study: CorrelationStudy, scatter_name: str | None = "scatter.png") -> str:
-    computed = [t for t in study.tests if t.skipped is None]
+def _method(study: CorrelationStudy, computed: list[CorrelationTest]) -> str:
+    methods = sorted({t.p_method for t in computed if t.p_method})
+    return (f"{study.n_models} models ({markdown_line(study.threat_model)}); {len(study.tests)} structural × "
+            f"PGD-ease pairs, {len(computed)} computable. Primary statistic: Spearman ρ, Holm-corrected across "
+            f"the {len(computed)} computable pairs at α = {study.alpha}. Kendall τ and Pearson r are each "
+            "Holm-corrected the same way. p-values are two-sided permutation p-values: "
+            + ("; ".join(methods) if methods else "none computed")
+            + f" (exact up to {study.exact_max_n} models, never 0). 95% confidence intervals: percentile "
+            f"bootstrap over models ({study.n_boot} resamples, seed {study.seed}). Tests on fewer than "
+            f"{study.min_n} models are reported but never called significant.")
+
+
+def _findings(study: CorrelationStudy, computed: list[CorrelationTest]) -> list[str]:
+    if not study.conclusive:
+        smallest = 2 / math.factorial(study.n_models)
+        return [f"**Nothing can be concluded from {study.n_models} models** (fewer than {study.min_n}): each "
+                "model is a fifth or more of the data, and the smallest possible two-sided permutation p-value "
+                f"is 2/{study.n_models}! = {smallest:.2g} before any correction. No test is called significant; "
+                "the numbers below are descriptive only. Evaluate more models."]
     significant = sorted((t for t in computed if t.significant), key=lambda t: t.spearman_p_holm)
-    lines = [
-        "# Do ν, μ and nullity predict how easily PGD succeeds?", "",
-        (f"{study.n_models} models; {len(study.tests)} structural × PGD-ease pairs, {len(computed)} computable. "
-        f"Primary statistic: Spearman ρ, Holm-corrected across the {len(computed)} computable pairs at "
-        f"α = {study.alpha}. Kendall τ and Pearson r are each Holm-corrected the same way. 95% confidence "
-        f"intervals: percentile bootstrap over models ({study.n_boot} resamples, seed {study.seed})."), "",
-        "## Finding", "",
-    ]
     if significant:
-        lines.append(f"{len(significant)} of {len(computed)} correlations are significant after Holm "
-                     "correction:")
+        lines = [f"{len(significant)} of {len(computed)} correlations are significant after Holm correction:"]
         lines += [f"- {describe(t)}." for t in significant]
     else:
-        lines.append(f"None of the {len(computed)} computable correlations is significant after Holm "
-                     f"correction at α = {study.alpha}.")
+        lines = [f"None of the {len(computed)} computable correlations is significant after Holm correction at "
+                 f"α = {study.alpha}."]
     not_sig = [t for t in computed if not t.significant]
     if not_sig:
         strongest = sorted(not_sig, key=lambda t: -abs(t.spearman))[:3]
@@ -64,76 +80,103 @@ def markdown_report(study: CorrelationStudy, scatter_name: str | None = "scatter
     if nominal:
         lines += ["", (f"{len(nominal)} of these have an uncorrected p < {study.alpha} but do not survive the "
                   "correction; treat them as hypotheses, not findings.")]
-    lines += ["", ("Correlation is not causation: width, architecture and regularizer change ν, μ and "
-              "nullity together with robustness, so a correlation across this zoo may reflect any of them.")]
+    return lines
+
+
+def _influence_line(t: CorrelationTest) -> str:
+    kind = "permutation" if t.influence_p == "permutation" else "normal-theory"
+    holm_p = t.pearson_p_holm if t.influence_p == "permutation" else t.pearson_p_normal_holm
+    steps = []
+    for k, (r, p, ok) in enumerate(zip(t.pearson_without, t.pearson_p_without, t.pearson_survives_without)):
+        removed = ", ".join(markdown_cell(n) for n in t.influential[:k + 1])
+        verdict = "still significant after Holm" if ok else "no longer significant after Holm"
+        steps.append(f"without {removed}: r = {_fmt(r)}, {kind} p = {_p(p)}, {verdict}")
+    other = (f"permutation: {_p(t.pearson_p_holm)}" if kind == "normal-theory"
+             else f"normal theory: {_p(t.pearson_p_normal_holm)}")
+    return (f"- {_label(t.structural)} vs {_label(t.ease)}: r = {t.pearson:+.2f}, {kind} Holm-adjusted p = "
+            f"{_p(holm_p)} ({other}); " + "; ".join(steps) + ".")
+
+
+def _pearson_section(study: CorrelationStudy, computed: list[CorrelationTest]) -> list[str]:
+    checked = [t for t in computed if t.influence_p]
+    n_perm = sum(t.pearson_significant for t in computed)
+    n_normal = sum(t.pearson_p_normal_holm < study.alpha and not t.inconclusive for t in computed)
+    lines = ["## Pearson r and influential models", "",
+             (f"{n_normal} Pearson tests survive Holm with normal-theory p-values (which assume bivariate "
+              f"normality) and {n_perm} with permutation p-values.")]
+    if not checked:
+        return lines
+    fragile = [t for t in checked if not all(t.pearson_survives_without)]
+    drivers = sorted({markdown_cell(n) for t in fragile for n in t.influential})
+    lines[-1] += (f" Removing the most influential one or two models (leave-one-out change in r) makes "
+                  f"{len(fragile)} of these {len(checked)} lose significance"
+                  + (f"; the models that drive them: {', '.join(drivers)}" if drivers else "") + ":")
+    return lines + [""] + [_influence_line(t) for t in checked]
+
+
+def _constant_and_skipped(study: CorrelationStudy) -> list[str]:
+    lines = []
     if study.constant:
         lines += ["", "## Constant metrics", "",
                   ("These metrics take one value across every model in the zoo, so no correlation can be "
-                  "computed for them:")]
+                   "computed for them:")]
         lines += [f"- {_label(k)} = {v:g}" for k, v in study.constant.items()]
     skipped = [t for t in study.tests if t.skipped and t.structural not in study.constant
                and t.ease not in study.constant]
     if skipped:
         lines += ["", "Other pairs without a correlation:"]
         lines += [f"- {_label(t.structural)} vs {_label(t.ease)}: {t.skipped}" for t in skipped]
-    if scatter_name:
-        lines += ["", "## Scatter plots", "", f"![structural metrics vs PGD ease]({scatter_name})"]
-    lines += ["", "## All tests", "",
-              ("| structural | PGD ease | n | ρ | 95% CI | p (Holm) | τ | 95% CI | p (Holm) | r | 95% CI | "
-              "p (Holm) |"), "|---|---|---:|---:|---|---:|---:|---|---:|---:|---|---:|"]
+    return lines
+
+
+def _all_tests(study: CorrelationStudy) -> list[str]:
+    lines = ["## All tests", "",
+             ("| structural | PGD ease | n | ρ | 95% CI | p (Holm) | τ | 95% CI | p (Holm) | r | 95% CI | "
+              "p (Holm) | r: normal-theory p (Holm) |"),
+             "|---|---|---:|---:|---|---:|---:|---|---:|---:|---|---:|---:|"]
     for t in study.tests:
         if t.skipped:
             lines.append(f"| {_label(t.structural)} | {_label(t.ease)} | {t.n} | – | {t.skipped} | | | | | | "
-                         "| |")
+                         "| | |")
             continue
-        mark = " \\*" if t.significant else ""
+        mark = " \\*" if t.significant else (f" (n < {study.min_n})" if t.inconclusive else "")
         lines.append(
             f"| {_label(t.structural)} | {_label(t.ease)} | {t.n} | {_fmt(t.spearman)}{mark} | "
             f"{_ci(t.spearman_ci)} | {_p(t.spearman_p)} ({_p(t.spearman_p_holm)}) | {_fmt(t.kendall)} | "
             f"{_ci(t.kendall_ci)} | {_p(t.kendall_p)} ({_p(t.kendall_p_holm)}) | {_fmt(t.pearson)} | "
-            f"{_ci(t.pearson_ci)} | {_p(t.pearson_p)} ({_p(t.pearson_p_holm)}) |")
-    lines += ["", "\\* significant after Holm correction (Spearman)."]
-    return "\n".join(lines) + "\n"
+            f"{_ci(t.pearson_ci)} | {_p(t.pearson_p)} ({_p(t.pearson_p_holm)}) | "
+            f"{_p(t.pearson_p_normal)} ({_p(t.pearson_p_normal_holm)}) |")
+    return lines + ["", "\\* significant after Holm correction (Spearman)."]
 
 
-def scatter_grid(study: CorrelationStudy, path: str | Path, groups: list[str] | None = None) -> Path:
-    """One panel per (structural, ease) pair of non-constant metrics; points coloured by ``groups``."""
-    import matplotlib
+def markdown_report(study: CorrelationStudy, scatter_name: str | None = "scatter.png") -> str:
+    computed = [t for t in study.tests if t.skipped is None]
+    lines = ["# Do ν, μ and nullity predict how easily PGD succeeds?", "", _method(study, computed), "",
+             "## Finding", ""] + _findings(study, computed)
+    lines += ["", ("Correlation is not causation: width, architecture and regularizer change ν, μ and "
+              "nullity together with robustness, so a correlation across this zoo may reflect any of them."),
+              ""] + _pearson_section(study, computed)
+    lines += _constant_and_skipped(study)
+    if scatter_name:
+        lines += ["", "## Scatter plots", "", f"![structural metrics vs PGD ease]({scatter_name})"]
+    return "\n".join(lines + [""] + _all_tests(study)) + "\n"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    rows = [s for s in STRUCTURAL if s not in study.constant and any(v is not None for v in study.values[s])]
-    cols = [e for e in EASE if e not in study.constant and any(v is not None for v in study.values[e])]
-    rows, cols = rows or list(STRUCTURAL)[:1], cols or list(EASE)[:1]
-    fig, axes = plt.subplots(len(rows), len(cols), figsize=(3.0 * len(cols), 2.4 * len(rows)), squeeze=False)
-    groups = groups or ["model"] * study.n_models
-    palette = {g: plt.cm.tab10(i % 10) for i, g in enumerate(sorted(set(groups)))}
-    tests = {(t.structural, t.ease): t for t in study.tests}
-    for i, s in enumerate(rows):
-        for j, e in enumerate(cols):
-            ax = axes[i][j]
-            for g, color in palette.items():
-                pts = [(x, y) for x, y, gg in zip(study.values[s], study.values[e], groups)
-                       if gg == g and x is not None and y is not None]
-                if pts:
-                    ax.scatter(*zip(*pts), s=14, color=color, label=g)
-            t = tests[(s, e)]
-            title = t.skipped[:28] if t.skipped else f"ρ={t.spearman:+.2f}" + (" *" if t.significant else "")
-            ax.set_title(title, fontsize=8, color="crimson" if t.significant else "black")
-            ax.tick_params(labelsize=6)
-            # Rows share the structural metric (x), columns the ease metric (y): label both on every panel.
-            ax.set_xlabel(_label(s), fontsize=7)
-            ax.set_ylabel(_label(e), fontsize=7)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if len(palette) > 1 and handles:
-        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), fontsize=8)
-    # Fixed margins instead of tight_layout: the grid is regular, and tight_layout costs a full extra draw.
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.05, top=0.95, wspace=0.35, hspace=0.6)
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+def _csv_value(value: object) -> object:
+    if isinstance(value, (list, tuple)):
+        value = "; ".join("" if v is None else str(v) for v in value)
+    return csv_cell(value)
+
+
+def correlations_csv(study: CorrelationStudy) -> str:
+    """Every test as one CSV row (lists joined with '; ', text neutralized against formula injection)."""
+    fields = list(CorrelationTest.__dataclass_fields__)
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(fields)
+    for t in study.tests:
+        writer.writerow([_csv_value(getattr(t, k)) for k in fields])
+    return buffer.getvalue()
 
 
 def write_correlation_report(study: CorrelationStudy, out_dir: str | Path, groups: list[str] | None = None
@@ -144,13 +187,7 @@ def write_correlation_report(study: CorrelationStudy, out_dir: str | Path, group
     paths = {"scatter": scatter_grid(study, out_dir / "scatter.png", groups),
              "report": out_dir / "report.md", "csv": out_dir / "correlations.csv",
              "json": out_dir / "correlations.json"}
-    paths["report"].write_text(markdown_report(study, paths["scatter"].name))
+    atomic_write_bytes(paths["report"], markdown_report(study, paths["scatter"].name).encode())
     write_json(study.to_dict(), paths["json"])
-    fields = list(CorrelationTest.__dataclass_fields__)
-    with open(paths["csv"], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for t in study.tests:
-            row = {k: getattr(t, k) for k in fields}
-            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    atomic_write_bytes(paths["csv"], correlations_csv(study).encode())
     return paths
