@@ -15,16 +15,24 @@ from regcollide.reports.correlation import bootstrap_ci, correlate_entries, holm
 from regcollide.reports.correlation_report import markdown_report
 
 
-def zoo() -> list[dict]:
-    """Six entries: ν rises with the PGD robust accuracy falling (a planted monotone relation), μ constant."""
+def zoo(n: int = 6) -> list[dict]:
+    """n entries: ν rises with the PGD robust accuracy falling (a planted monotone relation), μ constant."""
     rng = np.random.default_rng(1)
     out = []
-    for i in range(6):
-        out.append(fake_entry(f"m{i}", aa=0.5 - 0.08 * i + 0.01 * rng.random(), pgd=0.6 - 0.1 * i, nu=i,
+    for i in range(n):
+        out.append(fake_entry(f"m{i}", aa=0.5 - 0.48 * i / n + 0.01 * rng.random(), pgd=0.6 - 0.6 * i / n, nu=i,
                               mu=2, nullity=10 + 7 * i + int(5 * rng.random()), first=i % 3,
-                              eps_star=0.2 - 0.03 * i + 0.01 * rng.random(), steps=float(rng.integers(1, 9)),
+                              eps_star=0.2 - 0.18 * i / n + 0.01 * rng.random(), steps=float(rng.integers(1, 9)),
                               sigma_ratio=0.05 + 0.1 * rng.random(), cosine=0.3 + 0.5 * rng.random()))
     return out
+
+
+def _scipy_exact_p(x, y, statistic: str) -> float:
+    """Reference: scipy's permutation test over all n! pairings (exact for n! <= n_resamples)."""
+    fn = {"spearman": stats.spearmanr, "kendall": stats.kendalltau, "pearson": stats.pearsonr}[statistic]
+    res = stats.permutation_test((np.asarray(x, float),), lambda a: fn(a, y).statistic,
+                                 permutation_type="pairings", n_resamples=np.inf, vectorized=False)
+    return float(res.pvalue)
 
 
 def _reference_holm(p: list[float]) -> list[float]:
@@ -55,13 +63,19 @@ def test_statistics_match_scipy():
         t = tests[("nu", ease)]
         assert t.n == 6 and t.skipped is None
         assert t.spearman == pytest.approx(stats.spearmanr(nu, values).statistic, abs=1e-12)
-        assert t.spearman_p == pytest.approx(stats.spearmanr(nu, values).pvalue, rel=1e-9)
         assert t.kendall == pytest.approx(stats.kendalltau(nu, values).statistic, abs=1e-12)
-        assert t.kendall_p == pytest.approx(stats.kendalltau(nu, values).pvalue, rel=1e-9)
         assert t.pearson == pytest.approx(stats.pearsonr(nu, values).statistic, abs=1e-12)
-        assert t.pearson_p == pytest.approx(stats.pearsonr(nu, values).pvalue, rel=1e-9)
-    # The planted relation is perfectly monotone: ρ = -1 for ν against PGD robust accuracy.
+        # p-values are exact permutation p-values at n = 6 (all 720 pairings); they used to be scipy's
+        # asymptotic ones, which at n = 6 gave p ≈ 0 for ρ = -1. Reference: scipy.stats.permutation_test.
+        assert t.p_method.startswith("exact (all 720")
+        for stat in ("spearman", "kendall", "pearson"):
+            assert getattr(t, f"{stat}_p") == pytest.approx(_scipy_exact_p(nu, values, stat), rel=1e-12)
+        # Pearson's normal-theory p is kept alongside, for comparison.
+        assert t.pearson_p_normal == pytest.approx(stats.pearsonr(nu, values).pvalue, rel=1e-9)
+    # The planted relation is perfectly monotone: ρ = -1 for ν against PGD robust accuracy, and its exact
+    # p-value is the smallest a two-sided test on 6 models can give, 2/6! (never 0).
     assert tests[("nu", "pgd_robust_acc")].spearman == pytest.approx(-1.0)
+    assert tests[("nu", "pgd_robust_acc")].spearman_p == pytest.approx(2 / 720)
 
     computed = [t for t in study.tests if t.skipped is None]
     for stat in ("spearman", "kendall", "pearson"):
@@ -99,7 +113,9 @@ def test_bootstrap_ci_seeded_and_reference():
 
 
 def test_report_outputs_and_cli(tmp_path):
-    entries = zoo()
+    # Ten models: with exact permutation p-values, six cannot give a Holm-significant result across 28 tests
+    # (smallest p = 2/720, times 28 = 0.078), and this test checks the wording of significant findings.
+    entries = zoo(10)
     src = tmp_path / "entries"
     src.mkdir()
     for e in entries:
@@ -111,11 +127,12 @@ def test_report_outputs_and_cli(tmp_path):
         assert (out / name).is_file() and (out / name).stat().st_size > 0
     assert (out / "scatter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((out / "correlations.json").read_text())
-    assert saved["n_models"] == 6 and len(saved["tests"]) == 9 * 4
+    assert saved["n_models"] == 10 and len(saved["tests"]) == 9 * 4
 
     report = (out / "report.md").read_text()
     study = correlate_entries(entries, n_boot=200)
     significant = [t for t in study.tests if t.significant]
+    assert significant
     # The report names every significant pair in plain words and says how many there are.
     assert f"{len(significant)} of {sum(t.skipped is None for t in study.tests)} correlations" in report
     assert "higher ν goes with smaller PGD robust acc" in report
