@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from click.testing import CliRunner
 
 from regcollide.evaluation.evaluate import evaluate_run
@@ -21,38 +16,6 @@ from regcollide.evaluation.sharding import merge_shards
 CONTRACT = ("name", "model", "dataset", "training", "clean_acc", "pgd", "autoattack", "audit", "nullspace",
             "polytope", "seed", "versions", "weights_hash", "settings", "settings_hash", "timings")
 FAST = {"n": 40, "pgd_steps": 3, "pgd_check_n": 8, "pgd_bisection_steps": 2, "parts": ["clean", "pgd"]}
-
-
-def make_run(folder: Path, name: str = "mlp", width: float = 0.25, steps: int = 50, seed: int = 0,
-             regularizers: list | None = None) -> Path:
-    """A run folder as training writes it: config.yaml + model.safetensors (a few Adam steps)."""
-    from regcollide.data import load_tensors
-    from regcollide.io import save_weights
-    from regcollide.models import create_model
-
-    torch.manual_seed(seed)
-    model = create_model(name, width=width)
-    x, y = load_tensors("mnist5k", "train", n=512)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for i in range(steps):
-        idx = torch.arange(i * 64, (i + 1) * 64) % len(y)
-        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    folder.mkdir(parents=True)
-    config = {"model": {"name": name, "width": width, "num_classes": 10, "in_chans": 1, "img_size": 28},
-              "data": {"spec": "mnist5k"}, "seed": seed, "regularizers": regularizers or [],
-              "train": {"epochs": 1}, "eval": {"n": 10}, "out_dir": str(folder.parent), "run_name": folder.name}
-    (folder / "config.yaml").write_text(yaml.safe_dump(config))
-    save_weights(model, folder / "model.safetensors")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    return make_run(tmp_path_factory.mktemp("runs") / "mlp-q", regularizers=[{"name": "singular",
-                                                                                   "weight": 0.1, "params": {}}])
 
 
 def test_entry_contract_and_direct_agreement(run):
@@ -81,7 +44,7 @@ def test_entry_contract_and_direct_agreement(run):
     json.dumps(entry)   # plain JSON
 
 
-def test_cache_reuses_only_unchanged_parts(run, tmp_path):
+def test_cache_reuses_only_unchanged_parts(run, tmp_path, make_run_folder):
     first = evaluate_run(run, FAST, cache={})
     again = evaluate_run(run, FAST, cache=first)
     assert sorted(again["cached_parts"]) == ["clean", "pgd"]
@@ -94,7 +57,7 @@ def test_cache_reuses_only_unchanged_parts(run, tmp_path):
     assert evaluate_run(run, {**FAST, "batch_size": 7}, cache=first)["settings_hash"] == first["settings_hash"]
 
     # New weights (same config) invalidate everything.
-    other = make_run(tmp_path / "mlp-q", steps=5, seed=1)
+    other = make_run_folder(tmp_path / "mlp-q", steps=5, seed=1)
     assert evaluate_run(other, FAST, cache=first)["cached_parts"] == []
 
     # A results.json in the run folder is the default cache (what the training script writes).
@@ -157,8 +120,8 @@ def test_autoattack_subset_and_weaker_than_pgd_flag():
         "pgd_robust_acc_same_subset"] is None
 
 
-def test_inapplicable_parts_are_null_with_reason(tmp_path):
-    vit = make_run(tmp_path / "vit", name="vit-tiny", width=0.25, steps=1)
+def test_inapplicable_parts_are_null_with_reason(tmp_path, make_run_folder):
+    vit = make_run_folder(tmp_path / "vit", name="vit-tiny", width=0.25, steps=1)
     entry = evaluate_run(vit, {"parts": ["polytope"], "n": 8}, cache={})
     assert entry["polytope"] is None and "ReLU" in entry["skipped"]["polytope"]
     from regcollide.evaluation.registry import PartOutcome
@@ -211,28 +174,3 @@ def test_eval_command_writes_and_reuses(run, tmp_path):
     assert second.exit_code == 0 and "reused: clean, pgd" in second.output
     bad = CliRunner().invoke(eval_cmd, [str(run), "--out", str(tmp_path / "e"), "--parts", "clean,nope"])
     assert bad.exit_code != 0 and "choose a comma list" in bad.output
-
-
-@pytest.mark.slow
-def test_two_processes_match_one(run, tmp_path):
-    """accelerate launch with 2 processes (MULTI_CPU without a GPU): sharded result equals one process."""
-    script = tmp_path / "shard.py"
-    script.write_text(textwrap.dedent(f"""
-        import json
-        from accelerate import Accelerator
-        from regcollide.evaluation.evaluate import evaluate_run
-        acc = Accelerator(cpu=True)
-        entry = evaluate_run({str(run)!r}, {{"n": 61, "parts": ["clean"]}}, accelerator=acc, cache={{}})
-        if acc.is_main_process:
-            result = {{"clean": entry["clean_acc"], "procs": acc.num_processes}}
-            json.dump(result, open({str(tmp_path / "o.json")!r}, "w"))
-    """))
-    accelerate = Path(sys.executable).parent / "accelerate"
-    proc = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no", str(script)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads((tmp_path / "o.json").read_text())
-    single = evaluate_run(run, {"n": 61, "parts": ["clean"]}, cache={})
-    assert got["procs"] == 2
-    assert got["clean"] == pytest.approx(single["clean_acc"], abs=1e-12)
