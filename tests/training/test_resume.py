@@ -31,7 +31,7 @@ TINY = ["--set", "model.width=0.125", "--set", "data.limit_train=160", "--set", 
         "--set", "eval.enabled=false",
         # max_rows below the 32 rows of the hidden layers: the decorrelation term samples a row subset
         # every step, so its generator must be checkpointed too; PGD-free terms keep the test fast.
-        "--set", "regularizers=[{name: singular, weight: 0.1, params: {refresh_every: 1}}, "
+        "--set", "regularizers=[{name: singular, weight: 0.1}, "
                  "{name: decorrelation, weight: 0.1, params: {max_rows: 16}}]"]
 
 
@@ -104,7 +104,7 @@ def test_stop_then_resume_in_process_is_bitwise_identical(tmp_path, straight):
 
 @pytest.mark.parametrize("override, key", [("model.width=0.5", "model.width"), ("train.batch_size=64",
                                            "train.batch_size"), ("seed=3", "seed"), ("data.limit_train=100",
-                                           "data.limit_train"), ("model.name=cnn", "model.name")])
+                                           "data.limit_train"), ("model.name=lenet5", "model.name")])
 def test_resume_refuses_changes_to_the_model_or_data_order(tmp_path, capsys, override, key):
     run_dir = stopped_run(tmp_path)
     before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
