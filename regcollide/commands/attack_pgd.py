@@ -71,7 +71,7 @@ def pgd(model, checkpoint, data, n, seed, norm, eps, steps, restarts, alpha, eps
     with torch_threads(pick_threads(net, default("num_threads"))):
         result = evaluate_pgd(net, images, labels, norm=norm, eps=eps, steps=steps, restarts=restarts, alpha=alpha,
                               eps_max=eps_max, bisection_steps=bisection_steps, seed=seed, batch_size=batch_size,
-                              checks=checks, progress=progress)
+                              checks=checks, check_n=default("pgd_check_n"), progress=progress)
         entry = result.to_dict() | {"model": info["name"], "data": info.get("data") or data,
                                     "checkpoint": info.get("checkpoint"), "labels": "dataset"}
         if autoattack:
