@@ -126,15 +126,21 @@ def parquet_splits(path: Path) -> list[str]:
     """Split names of a hub-layout folder: ``<split>-*.parquet`` or ``<split>.parquet``, also under ``data/``."""
     if not path.is_dir():
         return []
-    names = {f.name.split("-")[0].removesuffix(".parquet") for folder in (path, path / "data")
+    names = {f.name.split("-")[0].removesuffix(".parquet") for folder in _parquet_folders(path)
              for f in folder.glob("*.parquet")}
     return sorted(names)
+
+
+def _parquet_folders(path: Path) -> list[Path]:
+    """The folder, its ``data/``, and its config folders (the hub stores CIFAR-10 under ``plain_text/``)."""
+    subfolders = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "data")
+    return [path, path / "data", *subfolders]
 
 
 def _parquet_files(path: Path, split: str) -> list[str]:
     if path.is_file():
         return [str(path)]
-    for folder in (path, path / "data"):
+    for folder in _parquet_folders(path):
         files = sorted(folder.glob(f"{split}-*.parquet")) + sorted(folder.glob(f"{split}.parquet"))
         if files:
             return [str(f) for f in files]
