@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 __all__ = [
+    "CONVENTIONS",
+    "LAYER_SETS",
     "WeightLayer",
     "iter_weight_layers",
     "layer_matrix",
@@ -43,6 +45,9 @@ _CONV_T = {
 _MHA_IN_KINDS = {"mha_in_proj": "in_proj_weight", "mha_q_proj": "q_proj_weight",
                  "mha_k_proj": "k_proj_weight", "mha_v_proj": "v_proj_weight"}
 CONVENTIONS = ("paper", "grouped")
+# "paper": the layer set of Ozbulak et al.'s Table 1, which leaves ConvTranspose layers out (Mask R-CNN
+# n_theta 73, Keypoint R-CNN 76); "all": every auditable matrix.
+LAYER_SETS = ("all", "paper")
 
 
 @dataclass
@@ -71,12 +76,22 @@ def _has_weight(module: nn.Module) -> bool:
     return isinstance(weight, Tensor) and not isinstance(weight, nn.parameter.UninitializedParameter)
 
 
-def iter_weight_layers(model: nn.Module) -> list[WeightLayer]:
+def iter_weight_layers(model: nn.Module, layer_set: str = "all") -> list[WeightLayer]:
     """Every auditable weight matrix of ``model`` in module-registration order.
 
     An ``nn.MultiheadAttention`` contributes its input projection(s) followed by ``out_proj``.
-    Modules seen twice (shared weights) are listed once, under their first name.
+    Modules seen twice (shared weights) are listed once, under their first name. ``layer_set="paper"``
+    leaves out ConvTranspose layers, as Ozbulak et al.'s Table 1 does.
     """
+    if layer_set not in LAYER_SETS:
+        raise ValueError(f"Unknown layer set {layer_set!r}; choose one of {', '.join(LAYER_SETS)}.")
+    layers = _all_weight_layers(model)
+    if layer_set == "paper":
+        return [layer for layer in layers if not layer.kind.startswith("convtranspose")]
+    return layers
+
+
+def _all_weight_layers(model: nn.Module) -> list[WeightLayer]:
     layers: list[WeightLayer] = []
     mha_out_projs: set[int] = set()
     for name, module in model.named_modules(remove_duplicate=True):

@@ -8,28 +8,31 @@ per-layer ``torch.linalg.matrix_rank(A)``, only much faster.
 Numerical argument (why the Gram matrix is safe, and when it is not):
 
 1. ``G = A A^T`` (or ``A^T A``, whichever is k x k) is formed in float64 from the stored values, which
-   converts float32 exactly. Its eigenvalues are lambda_i = sigma_i^2. Standard rounding analysis of a dot
-   product of length N gives |fl(G) - G| <= gamma_N |A||A|^T elementwise, hence in 2-norm at most
-   gamma_N * ||A||_F^2 (gamma_N ~ N * u64). A backward-stable symmetric eigensolver adds at most
-   p(k) * u64 * ||G||. Weyl's theorem then bounds every computed eigenvalue by
-   ``|lambda_hat - lambda| <= delta = u64 * (N + 10 k + 10) * ||A||_F^2`` (we take u64 = 2^-52, twice
-   the unit roundoff, and a generous p(k) = 10 k).
+   converts float32 exactly. Every computed eigenvalue is within
+   ``delta = u64 * (N + 10 k + 10) * ||A||_F^2`` of the exact one (``regcollide.audit.certify.gram_error``).
 2. The decision ``sigma > tol`` equals ``lambda > tol^2``. For float32 weights, tol^2 / sigma_max^2 =
    (N eps32)^2 ~ 1.4e-14 N^2 while delta / sigma_max^2 <= 2.2e-16 (N + 10k) k, i.e. the threshold sits
    at least ~30x above the Gram error even in the worst case (and orders of magnitude above in
-   practice). So the Gram eigenvalues settle the rank *unless* some lambda_hat lies within delta of
-   tol^2 (tol itself is known only up to the error in sigma_max; the band accounts for that too).
+   practice).
 3. ``torch.linalg.matrix_rank`` itself computes singular values in the matrix's dtype, with error about
-   sqrt(k) * eps(dtype) * sigma_max. We widen the band by twice that, so that a value the reference
+   sqrt(k) * eps(dtype) * sigma_max (eta). We widen every band by eta, so that a value the reference
    could place on either side of tol is never decided by us differently.
-4. Any matrix with an eigenvalue inside the band is *borderline* and is recomputed exactly as the
-   reference does: ``torch.linalg.svdvals`` in the matrix's own dtype, same tolerance rule. For float64
-   matrices with the float64 default tolerance the band covers the small singular values, so those always
-   take this path: correctness first.
+4. **Certificate of full rank** (matrices with k > 128, most layers): Lanczos gives theta <= lambda_max;
+   a certified Cholesky (Rump 2006) of ``1.01 theta I - G`` proves lambda_max < 1.01 theta, hence an
+   upper bound on tol; a second certified Cholesky of ``G - (tol_hi^2 + delta) I`` proves every
+   sigma_i > tol_hi, so rank = k for us and for the reference. Two k^3/3 Choleskys replace a symmetric
+   eigensolve (about 4x the flops, and much slower batched).
+5. Otherwise the eigenvalues of G decide, unless one lies within the band around tol^2; such a
+   *borderline* matrix is recomputed exactly as the reference does: ``torch.linalg.svdvals`` in the
+   matrix's own dtype, same tolerance rule. For float64 matrices with the float64 default tolerance the
+   band covers the small singular values, so those always take this path: correctness first.
 
-Speed: one k x k float64 Gram (N k^2 flops, BLAS-3) plus one k x k symmetric eigensolve replaces a full
-SVD of the m x n matrix; matrices of equal shape are batched; results are cached by storage pointer,
-version counter, shape, strides, dtype, tolerance and a content fingerprint.
+``factors`` asks for the ranks at ``f * tol`` too (the tolerance sensitivity of nu), decided by the same
+rules: the certificate at the largest factor covers all of them.
+
+Speed: one k x k float64 Gram (N k^2 flops, BLAS-3) plus Cholesky certificates replace a full SVD of
+the m x n matrix; matrices of equal shape are batched; results are cached by storage pointer, version
+counter, shape, strides, dtype, tolerance and a content fingerprint.
 """
 
 from __future__ import annotations
@@ -41,11 +44,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["RankInfo", "default_tolerance", "rank_and_singular_values", "ranks_of", "resolve_tolerance"]
+from regcollide.audit.certify import gram, gram_error, is_positive_definite, lanczos_top
 
-_U64 = 2.0**-52
-_GRAM_CHUNK_BYTES = 256 * 2**20  # float64 working set per Gram step
-_SYRK_MIN_ELEMENTS = 2**22  # below this, batched torch matmuls are as fast
+__all__ = ["NonFiniteWeightsError", "RankInfo", "default_tolerance", "rank_and_singular_values", "ranks_of",
+           "resolve_tolerance"]
+
+_CERTIFY_MIN_K = 129  # below this a batched eigensolve is as cheap as the certificate
+_LANCZOS_STEPS = 40
+_UPPER_MARGIN = 1.01  # certify lambda_max < 1.01 * (Lanczos estimate): tol is over-estimated by <= 0.5%
 _CACHE: OrderedDict[tuple, RankInfo] = OrderedDict()
 _CACHE_SIZE = 4096
 
@@ -55,22 +61,24 @@ class RankInfo:
     """Rank and spectrum summary of one matrix under ``tol = max(atol, rtol * sigma_max)``."""
 
     rank: int
-    sigma_min: float  # smallest of the k = min(m, n) singular values
+    sigma_min: float  # smallest of the k = min(m, n) singular values (a Lanczos estimate for "cholesky")
     sigma_max: float
     tol: float
     rtol: float
     atol: float
-    method: str  # "gram" (certified by the Gram bound) or "svd" (borderline or tiny: reference path)
-    max_cosine: float | None  # largest cosine between two rows; None with fewer than two rows
+    method: str  # "cholesky" (certified full rank), "gram" (certified eigenvalues) or "svd" (borderline)
+    max_cosine: float | None  # largest cosine between two rows; None with fewer than two rows or not asked
     max_abs_cosine: float | None
+    ranks_at: tuple[int, ...] = ()  # ranks at f * tol for each requested factor f
 
 
 def resolve_tolerance(
     shape: tuple[int, int], dtype: torch.dtype, rtol: float | None = None, atol: float | None = None
 ) -> tuple[float, float]:
     """(rtol, atol) exactly as ``torch.linalg.matrix_rank`` resolves them for this shape and dtype."""
-    if rtol is not None and rtol < 0 or atol is not None and atol < 0:
-        raise ValueError("rtol and atol must be >= 0.")
+    for label, value in (("rtol", rtol), ("atol", atol)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{label} must be a finite number >= 0, got {value}.")
     eps = torch.finfo(dtype if dtype.is_floating_point else torch.float32).eps
     if rtol is None:
         # torch: rtol defaults to eps * max(m, n), but to 0 when a positive atol is given.
@@ -79,46 +87,8 @@ def resolve_tolerance(
 
 
 def default_tolerance(out_dim: int, in_dim: int, sigma_max: float, dtype: torch.dtype = torch.float32) -> float:
-    """The default rank tolerance ``sigma_max * max(out, in) * eps(dtype)`` (DESIGN.md, Conventions)."""
+    """The default rank tolerance ``sigma_max * max(out, in) * eps(dtype)`` (torch.linalg.matrix_rank's)."""
     return float(sigma_max) * max(out_dim, in_dim) * torch.finfo(dtype).eps
-
-
-def _gram(batch: Tensor) -> Tensor:
-    """k x k float64 Gram of the smaller side for a batch (B, m, n) -> (B, k, k), chunked over N."""
-    bsz, m, n = batch.shape
-    wide = m <= n
-    k, big = (m, n) if wide else (n, m)
-    if batch.device.type == "cpu" and bsz == 1 and k * big >= _SYRK_MIN_ELEMENTS:
-        return _gram_syrk(batch[0], wide)[None]
-    gram = torch.zeros(bsz, k, k, dtype=torch.float64, device=batch.device)
-    step = max(1, _GRAM_CHUNK_BYTES // (8 * bsz * k))
-    for start in range(0, big, step):
-        if wide:
-            part = batch[:, :, start : start + step].to(torch.float64)  # (B, k, step)
-            gram.baddbmm_(part, part.mT)
-        else:
-            part = batch[:, start : start + step, :].to(torch.float64)  # (B, step, k)
-            gram.baddbmm_(part.mT, part)
-    return gram
-
-
-def _gram_syrk(matrix: Tensor, wide: bool) -> Tensor:
-    """Large CPU matrices: BLAS dsyrk computes only one triangle, half the flops of a GEMM."""
-    import numpy as np
-    from scipy.linalg.blas import dsyrk
-
-    k, big = (matrix.shape[0], matrix.shape[1]) if wide else (matrix.shape[1], matrix.shape[0])
-    gram = np.zeros((k, k), dtype=np.float64, order="F")
-    step = max(1, _GRAM_CHUNK_BYTES // (8 * k))
-    for start in range(0, big, step):
-        if wide:  # part (k, c) C-order -> its transpose is (c, k) Fortran-order: part @ part.T
-            part = matrix[:, start : start + step].to(torch.float64).numpy()
-            gram = dsyrk(1.0, part.T, beta=1.0, c=gram, trans=1, overwrite_c=True)
-        else:  # part (c, k) C-order -> its transpose is (k, c) Fortran-order: part.T @ part
-            part = matrix[start : start + step, :].to(torch.float64).numpy()
-            gram = dsyrk(1.0, part.T, beta=1.0, c=gram, trans=0, overwrite_c=True)
-    upper = np.triu(gram)
-    return torch.from_numpy(upper + np.triu(upper, 1).T)
 
 
 def _max_cosines(batch: Tensor, row_gram: Tensor | None) -> list[tuple[float | None, float | None]]:
@@ -147,46 +117,108 @@ def _max_cosines(batch: Tensor, row_gram: Tensor | None) -> list[tuple[float | N
     return [(float(b), float(a)) for b, a in zip(best.tolist(), best_abs.tolist(), strict=True)]
 
 
-def _svd_rank(matrix: Tensor, rtol: float, atol: float) -> tuple[int, float, float, float]:
+@dataclass(frozen=True)
+class _Rule:
+    """One tolerance rule applied to a batch: rtol, atol, the factors and the matrix dtype's eps."""
+
+    rtol: float
+    atol: float
+    factors: tuple[float, ...]
+    eps: float
+
+    def tol(self, sigma_max: Tensor | float, factor: float = 1.0):
+        """f * max(atol, rtol * sigma_max), elementwise on a tensor."""
+        if isinstance(sigma_max, Tensor):
+            return factor * torch.clamp(self.rtol * sigma_max, min=self.atol)
+        return factor * max(self.atol, self.rtol * sigma_max)
+
+
+def _svd_ranks(matrix: Tensor, rule: _Rule) -> tuple[int, tuple[int, ...], float, float, float]:
     """The reference computation of torch.linalg.matrix_rank, in the matrix's own dtype."""
     sigma = torch.linalg.svdvals(matrix)  # descending
-    tol = max(atol, rtol * float(sigma[0]))
-    return int((sigma > tol).sum()), float(sigma[-1]), float(sigma[0]), tol
+    tol = rule.tol(float(sigma[0]))
+    ranks = tuple(int((sigma > f * tol).sum()) for f in rule.factors)  # f = 1.0 multiplies exactly
+    return int((sigma > tol).sum()), ranks, float(sigma[-1]), float(sigma[0]), tol
 
 
-def _rank_batch(batch: Tensor, rtol: float, atol: float, cosines: bool) -> list[RankInfo]:
-    """Ranks of a batch (B, m, n) of equal-shape matrices sharing one (rtol, atol)."""
-    bsz, m, n = batch.shape
-    k, big = min(m, n), max(m, n)
-    gram = _gram(batch)  # (B, k, k) float64
-    eig = torch.linalg.eigvalsh(gram)  # (B, k) ascending, float64
-    frob2 = gram.diagonal(dim1=1, dim2=2).sum(dim=1) * (1 + 1e-6)  # ||A||_F^2, rounded up
-    delta = _U64 * (big + 10 * k + 10) * frob2  # (B,) bound on |lambda_hat - lambda|
+def _certify_full_rank(grams: Tensor, delta: Tensor, rule: _Rule) -> tuple[Tensor, Tensor, Tensor]:
+    """(certified (B,), sigma_min estimate, sigma_max estimate): all sigma_i > max(factors) * tol."""
+    bsz, k, _ = grams.shape
+    eye = torch.eye(k, dtype=grams.dtype, device=grams.device)
+    theta = lanczos_top(lambda q: (grams @ q[:, :, None])[:, :, 0], (bsz, k), _LANCZOS_STEPS, grams.dtype,
+                        grams.device).clamp_min(0)  # (B,) <= lambda_max(G_hat)
+    upper = _UPPER_MARGIN * theta + delta  # candidate bound on lambda_max(G_hat)
+    upper_ok, _, _ = is_positive_definite(upper[:, None, None] * eye - grams)
+    sig_hi = (upper + delta).sqrt()  # >= sigma_max(A) wherever upper_ok
+    eta = 2.0 * math.sqrt(k) * rule.eps * sig_hi  # the reference's own SVD error
+    tol_hi = rule.tol(sig_hi, max(rule.factors)) + eta
+    floor = tol_hi**2 + delta  # lambda_min(G_hat) > floor => lambda_min(G) > tol_hi^2
+    lower_ok, factor, shift = is_positive_definite(grams - floor[:, None, None] * eye)
+    certified = upper_ok & lower_ok
+    sig_min = torch.full_like(theta, math.nan)
+    if bool(certified.any()):
+        # Lanczos on (G - c I)^-1 through the Cholesky factor: its top Ritz value is ~1 / (lambda_min - c).
+        inv = lanczos_top(lambda q: _cholesky_solve(factor, q), (bsz, k), _LANCZOS_STEPS, grams.dtype,
+                          grams.device)
+        sig_min = (floor + shift + 1.0 / inv.clamp_min(1e-300)).sqrt()
+    return certified, sig_min, theta.sqrt()
+
+
+def _cholesky_solve(factor: Tensor, rhs: Tensor) -> Tensor:
+    """(L L^T)^-1 rhs for (B, k, k) L and (B, k) rhs; two triangular solves (torch.cholesky_solve is ~15x
+    slower on batched single right-hand sides on CPU)."""
+    half = torch.linalg.solve_triangular(factor, rhs[:, :, None], upper=False)
+    return torch.linalg.solve_triangular(factor.mT, half, upper=True)[:, :, 0]
+
+
+def _band_decide(eig: Tensor, delta: Tensor, rule: _Rule, k: int) -> tuple[Tensor, Tensor]:
+    """Ranks (B, F) from the Gram eigenvalues (B, k) and which matrices are borderline at some factor."""
     lam_max = eig[:, -1]
     sig_lo = (lam_max - delta).clamp_min(0).sqrt()
     sig_hi = (lam_max + delta).sqrt()
-    eta = 2.0 * math.sqrt(k) * torch.finfo(batch.dtype).eps * sig_hi  # reference's own SVD error
-    tol_lo = torch.clamp(rtol * sig_lo, min=atol) - eta
-    tol_hi = torch.clamp(rtol * sig_hi, min=atol) + eta
-    band_lo = tol_lo.clamp_min(0) ** 2 - delta
-    band_hi = tol_hi**2 + delta
-    borderline = ((eig >= band_lo[:, None]) & (eig <= band_hi[:, None])).any(dim=1)
-    ranks = (eig > band_hi[:, None]).sum(dim=1)
-    cos = _max_cosines(batch, gram if m <= n else None) if cosines else [(None, None)] * bsz
-    out = []
+    eta = 2.0 * math.sqrt(k) * rule.eps * sig_hi
+    ranks, borderline = [], torch.zeros_like(lam_max, dtype=torch.bool)
+    for f in rule.factors:
+        band_lo = (rule.tol(sig_lo, f) - eta).clamp_min(0) ** 2 - delta
+        band_hi = (rule.tol(sig_hi, f) + eta) ** 2 + delta
+        borderline |= ((eig >= band_lo[:, None]) & (eig <= band_hi[:, None])).any(dim=1)
+        ranks.append((eig > band_hi[:, None]).sum(dim=1))
+    return torch.stack(ranks, dim=1), borderline
+
+
+def _rank_batch(batch: Tensor, rule: _Rule, cosines: bool) -> list[RankInfo]:
+    """Ranks of a batch (B, m, n) of equal-shape matrices sharing one tolerance rule."""
+    bsz, m, n = batch.shape
+    k, big = min(m, n), max(m, n)
+    grams = gram(batch)  # (B, k, k) float64
+    frob2, delta = gram_error(grams, big)
+    _check_finite(frob2, batch.shape)
+    certified = torch.zeros(bsz, dtype=torch.bool)
+    if k >= _CERTIFY_MIN_K:
+        certified, cert_min, cert_max = _certify_full_rank(grams, delta, rule)
+    rest = [i for i in range(bsz) if not bool(certified[i])]
+    eig = torch.linalg.eigvalsh(grams[rest]) if rest else None  # (R, k) ascending
+    if rest:
+        band_ranks, borderline = _band_decide(eig, delta[rest], rule, k)
+    cos = _max_cosines(batch, grams if m <= n else None) if cosines else [(None, None)] * bsz
+    out, one = [], rule.factors.index(1.0)
     for i in range(bsz):
-        if bool(borderline[i]):
-            rank, s_min, s_max, tol = _svd_rank(batch[i], rtol, atol)
+        if bool(certified[i]):
+            s_min, s_max = float(cert_min[i]), float(cert_max[i])
+            rank, ranks, method, tol = k, (k,) * len(rule.factors), "cholesky", rule.tol(s_max)
+        elif bool(borderline[j := rest.index(i)]):
+            rank, ranks, s_min, s_max, tol = _svd_ranks(batch[i], rule)
             method = "svd"
         else:
-            rank, method = int(ranks[i]), "gram"
-            s_min, s_max = math.sqrt(max(float(eig[i, 0]), 0.0)), math.sqrt(max(float(lam_max[i]), 0.0))
-            tol = max(atol, rtol * s_max)
-        out.append(RankInfo(rank, s_min, s_max, tol, rtol, atol, method, cos[i][0], cos[i][1]))
+            ranks = tuple(int(r) for r in band_ranks[j])
+            rank, method = ranks[one], "gram"
+            s_min, s_max = math.sqrt(max(float(eig[j, 0]), 0.0)), math.sqrt(max(float(eig[j, -1]), 0.0))
+            tol = rule.tol(s_max)
+        out.append(RankInfo(rank, s_min, s_max, tol, rule.rtol, rule.atol, method, *cos[i], ranks))
     return out
 
 
-def _cache_key(matrix: Tensor, rtol: float | None, atol: float | None, cosines: bool) -> tuple:
+def _cache_key(matrix: Tensor, rtol: float | None, atol: float | None, cosines: bool, factors: tuple) -> tuple:
     # Pointer + version counter catch in-place updates; the content fingerprint guards against a freed
     # buffer being reused by a different tensor with the same pointer and version.
     flat = matrix.detach().reshape(-1)
@@ -195,19 +227,36 @@ def _cache_key(matrix: Tensor, rtol: float | None, atol: float | None, cosines: 
     fingerprint = (float(flat.sum(dtype=torch.float64)), float((sample * weights).sum()))
     return (
         matrix.data_ptr(), matrix._version, tuple(matrix.shape), tuple(matrix.stride()), matrix.dtype,
-        str(matrix.device), rtol, atol, cosines, fingerprint,
+        str(matrix.device), rtol, atol, cosines, factors, fingerprint,
     )
+
+
+class NonFiniteWeightsError(ValueError):
+    """A weight matrix holds NaN or inf: its rank is undefined."""
+
+
+def _check_finite(frob2: Tensor, shape: tuple[int, ...]) -> None:
+    # Any NaN/inf entry makes a row norm, hence ||A||_F^2, non-finite: checking the Gram's trace is free.
+    if not bool(torch.isfinite(frob2).all()):
+        raise NonFiniteWeightsError(
+            f"a weight matrix of shape {tuple(shape[-2:])} holds NaN or inf values (or overflows float64), "
+            "so its rank is undefined; check the weights (a diverged training run?)")
 
 
 def ranks_of(
     matrices: list[Tensor], rtol: float | None = None, atol: float | None = None, cosines: bool = True,
-    max_batch_bytes: int = 512 * 2**20,
+    max_batch_bytes: int = 512 * 2**20, factors: tuple[float, ...] = (),
 ) -> list[RankInfo]:
-    """Rank summaries of many matrices at once: equal shapes are batched, repeats come from the cache."""
+    """Rank summaries of many matrices at once: equal shapes are batched, repeats come from the cache.
+
+    ``factors`` (each > 0) also gives the ranks at ``f * tol`` in ``RankInfo.ranks_at``, in that order.
+    """
+    if any(not (math.isfinite(f) and f > 0) for f in factors):
+        raise ValueError(f"tolerance factors must be finite and > 0, got {factors}.")
     results: list[RankInfo | None] = [None] * len(matrices)
     # half/bfloat16 weights: LAPACK has no such SVD; audit them as float32 (tolerance eps(float32)).
     matrices = [m if m.dtype in (torch.float32, torch.float64) else m.float() for m in matrices]
-    keys = [_cache_key(mat, rtol, atol, cosines) for mat in matrices]
+    keys = [_cache_key(mat, rtol, atol, cosines, tuple(factors)) for mat in matrices]
     groups: dict[tuple, list[int]] = {}
     for i, (mat, key) in enumerate(zip(matrices, keys, strict=True)):
         if mat.ndim != 2:
@@ -219,23 +268,30 @@ def ranks_of(
             groups.setdefault((tuple(mat.shape), mat.dtype, str(mat.device)), []).append(i)
     for (shape, dtype, _), idx in groups.items():
         r, a = resolve_tolerance(shape, dtype, rtol, atol)
-        if min(shape) == 0:
-            for i in idx:
-                results[i] = RankInfo(0, 0.0, 0.0, a, r, a, "gram", None, None)
-            continue
-        per_item = 8 * shape[0] * shape[1]
-        step = max(1, max_batch_bytes // per_item)
+        rule = _Rule(r, a, (*dict.fromkeys((1.0, *factors)),), torch.finfo(dtype).eps)
+        step = max(1, max_batch_bytes // (8 * shape[0] * shape[1] or 1))
         for start in range(0, len(idx), step):
             chunk = idx[start : start + step]
             with torch.no_grad():
                 batch = torch.stack([matrices[i].detach() for i in chunk])  # (B, m, n)
-                infos = _rank_batch(batch, r, a, cosines)
+                infos = _rank_batch(batch, rule, cosines) if min(shape) else _empty(len(chunk), rule)
             for i, info in zip(chunk, infos, strict=True):
-                results[i] = info
-                _CACHE[keys[i]] = info
+                results[i] = _select(info, rule, factors)
+                _CACHE[keys[i]] = results[i]
                 if len(_CACHE) > _CACHE_SIZE:
                     _CACHE.popitem(last=False)
     return results  # type: ignore[return-value]
+
+
+def _empty(count: int, rule: _Rule) -> list[RankInfo]:
+    return [RankInfo(0, 0.0, 0.0, rule.atol, rule.rtol, rule.atol, "gram", None, None,
+                     (0,) * len(rule.factors))] * count
+
+
+def _select(info: RankInfo, rule: _Rule, factors: tuple[float, ...]) -> RankInfo:
+    """Keep ``ranks_at`` in the caller's factor order (the rule always includes 1.0 first)."""
+    by_factor = dict(zip(rule.factors, info.ranks_at, strict=True))
+    return RankInfo(**{**info.__dict__, "ranks_at": tuple(by_factor[f] for f in factors)})
 
 
 def rank_and_singular_values(

@@ -5,8 +5,11 @@ After Ozbulak, Gasparyan, Rao, De Neve, Van Messem, "Exact Feature Collisions in
 
 - ``nullity(W) = in - rank(W)``, the input-patch directions the layer cannot see;
 - ``structural nullity = max(0, in - out)``, forced by the shape alone;
-- ``excess nullity = nullity - structural``, created by the values (training), so random-init models
-  show almost none of it: excess nullity, and therefore nu, needs trained weights.
+- ``excess nullity = nullity - structural``, created by the values: by training, or by float noise.
+  Random weights already show some in large square matrices (about (4/pi) n^2 eps(float32) singular
+  values of an n x n matrix fall below the default tolerance), so every audit also reports nu and
+  the excess at 0.1x, 1x, 10x and 100x the tolerance next to the count expected at random init
+  (``regcollide.audit.noise``).
 
 For the model: ``n_weights`` (n_theta), ``nu`` = #matrices with nullity >= 1, ``mu`` = #matrices with
 out < in, their fractions, the nullity sums, and ``first_nullity`` = nullity(W1) for W1 the first weight
@@ -33,10 +36,12 @@ from tqdm.auto import tqdm
 
 from regcollide._tracing import first_weight_layer
 from regcollide.audit.matrices import CONVENTIONS, iter_weight_layers, layer_matrix
+from regcollide.audit.noise import SENSITIVITY_FACTORS, expected_random_count, tolerance_sensitivity
 from regcollide.audit.rank import RankInfo, default_tolerance, rank_and_singular_values, ranks_of
 
 __all__ = ["AuditResult", "LayerAudit", "audit", "default_tolerance", "rank_and_singular_values"]
 
+_METHOD_ORDER = ("cholesky", "gram", "svd")  # a layer reports the most expensive path any block took
 TOLERANCE_RULE = "tol = max(atol, rtol * sigma_max); default rtol = max(out, in) * eps(weight dtype)"
 
 
@@ -59,7 +64,16 @@ class LayerAudit:
     rtol: float  # effective rtol (the default depends on the block shape)
     atol: float
     blocks: int = 1
-    method: str = "gram"  # "gram" when every block was certified by the Gram bound, else "svd"
+    method: str = "gram"  # the most expensive path of any block: "cholesky" < "gram" < "svd"
+    nullity_at: list[int] = field(default_factory=list)  # nullity at each SENSITIVITY_FACTORS multiple of tol
+    block_shapes: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def expected_random_excess(self) -> float | None:
+        """Excess nullity expected from random weights of these shapes at this tolerance (None: atol)."""
+        if self.atol:
+            return None
+        return sum(expected_random_count(o, i, self.rtol) for o, i in self.block_shapes)
 
     @property
     def excess_nullity(self) -> int:
@@ -71,7 +85,11 @@ class LayerAudit:
         return self.out_dim < self.in_dim
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "excess_nullity": self.excess_nullity}
+        data = asdict(self)
+        data.pop("block_shapes")
+        expected = self.expected_random_excess
+        return {**data, "excess_nullity": self.excess_nullity,
+                "expected_random_excess": None if expected is None else round(expected, 4)}
 
 
 @dataclass
@@ -87,6 +105,7 @@ class AuditResult:
     first_layer_source: str  # "forward" (hooks on one forward pass) or "registration" (fallback)
     input_shape: list[int] | None = None
     tolerance_rule: str = field(default=TOLERANCE_RULE)
+    layer_set: str = "all"
 
     @property
     def n_weights(self) -> int:
@@ -145,6 +164,9 @@ class AuditResult:
             "first_layer_source": self.first_layer_source,
             "first_excess_nullity": self.first.excess_nullity,
             "input_shape": self.input_shape,
+            "layer_set": self.layer_set,
+            "tolerance_sensitivity": tolerance_sensitivity(self.layers, SENSITIVITY_FACTORS)
+            if self.layers and self.layers[0].nullity_at else [],
             "layers": [layer.to_dict() for layer in self.layers],
         }
 
@@ -170,7 +192,10 @@ def _combine(name: str, kind: str, blocks: list[Tensor], infos: list[RankInfo]) 
         rtol=max(info.rtol for info in infos),
         atol=infos[0].atol,
         blocks=len(blocks),
-        method="gram" if all(info.method == "gram" for info in infos) else "svd",
+        nullity_at=[sum(s[1] - r for s, r in zip(shapes, ranks, strict=True))
+                    for ranks in zip(*(info.ranks_at for info in infos), strict=True)],
+        block_shapes=shapes,
+        method=max((info.method for info in infos), key=_METHOD_ORDER.index),
     )
 
 
@@ -182,6 +207,9 @@ def audit(
     atol: float | None = None,
     progress: bool = False,
     name: str | None = None,
+    layer_set: str = "all",
+    cosines: bool = True,
+    sensitivity: bool = True,
 ) -> AuditResult:
     """Audit every weight matrix of ``model`` (Ozbulak et al. 2022, Table 1).
 
@@ -195,18 +223,24 @@ def audit(
             ``rtol = max(out, in) * eps(float32)`` per matrix.
         progress: show a tqdm bar over layer shapes.
         name: model name recorded in the result (default: the class name).
+        layer_set: ``"all"`` (every Linear, Conv, ConvTranspose and attention matrix) or ``"paper"``
+            (Ozbulak et al.'s Table 1 set: ConvTranspose layers excluded).
+        cosines: compute the largest cosine between two rows of each matrix (free for wide matrices,
+            an m x m product for tall ones); ``False`` reports ``None``.
+        sensitivity: also rank at 0.1x, 10x and 100x the tolerance (``tolerance_sensitivity``).
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"Unknown convention {convention!r}; choose one of {', '.join(CONVENTIONS)}.")
-    layers = iter_weight_layers(model)
-    first, source = first_weight_layer(model, input_shape)  # raises a clear error when there are no layers
+    layers = iter_weight_layers(model, layer_set)
+    first, source = first_weight_layer(model, input_shape, layer_set)  # clear error when there are no layers
     per_layer_blocks: list[list[Tensor]] = []
     with torch.no_grad():
         for layer in layers:
             matrix = layer_matrix(layer, convention)
             per_layer_blocks.append([matrix] if isinstance(matrix, Tensor) else list(matrix))
     flat = [block for blocks in per_layer_blocks for block in blocks]
-    infos = _ranks_with_progress(flat, rtol, atol, progress)
+    factors = SENSITIVITY_FACTORS if sensitivity else ()
+    infos = _ranks_with_progress(flat, dict(rtol=rtol, atol=atol, cosines=cosines, factors=factors), progress)
     results, cursor = [], 0
     for layer, blocks in zip(layers, per_layer_blocks, strict=True):
         results.append(_combine(layer.name, layer.kind, blocks, infos[cursor : cursor + len(blocks)]))
@@ -220,10 +254,11 @@ def audit(
         first_layer=first.name,
         first_layer_source=source,
         input_shape=list(input_shape) if input_shape is not None else None,
+        layer_set=layer_set,
     )
 
 
-def _ranks_with_progress(matrices: list[Tensor], rtol, atol, progress: bool) -> list[RankInfo]:
+def _ranks_with_progress(matrices: list[Tensor], options: dict, progress: bool) -> list[RankInfo]:
     """ranks_of over shape groups, largest first, with an optional progress bar."""
     by_shape: dict[tuple, list[int]] = {}
     for i, mat in enumerate(matrices):
@@ -232,7 +267,7 @@ def _ranks_with_progress(matrices: list[Tensor], rtol, atol, progress: bool) -> 
     out: list[RankInfo | None] = [None] * len(matrices)
     bar = tqdm(total=len(matrices), desc="audit", unit="matrix", disable=not progress, leave=False)
     for idx in order:
-        for i, info in zip(idx, ranks_of([matrices[i] for i in idx], rtol, atol), strict=True):
+        for i, info in zip(idx, ranks_of([matrices[i] for i in idx], **options), strict=True):
             out[i] = info
         bar.update(len(idx))
     bar.close()
