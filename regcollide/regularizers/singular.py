@@ -156,6 +156,18 @@ class MinSingularValuePenalty(Regularizer):
         self._trackers: dict[tuple[str, int], SingularTracker] = {}  # (layer, stack) -> warm state
         self.extremes: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}  # last (σ_min, σ_max), float64
 
+    def state_dict(self) -> dict:
+        """The warm trackers per (layer, stack): saved with every training state, so a resume is exact."""
+        return {"trackers": {key: tracker.state_dict() for key, tracker in self._trackers.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        trackers = {}
+        for key, saved in state["trackers"].items():
+            trackers[tuple(key)] = SingularTracker(self.tolerance, self.iterations, self.refresh_every,
+                                                   self.track_every)
+            trackers[tuple(key)].load_state_dict(saved)
+        self._trackers = trackers
+
     def setup(self, model: nn.Module) -> nn.Module:
         if self.conv_operator == "fft":
             for layer in select_layers(model, self.layers):
@@ -197,9 +209,8 @@ class MinSingularValuePenalty(Regularizer):
         if tracker is None:
             tracker = self._trackers[key] = SingularTracker(self.tolerance, self.iterations, self.refresh_every,
                                                                    self.track_every)
-        lam_low, lam_high = tracked_eigenvalues(matrix, tracker)
+        lam_low, lam_high, mean = tracked_eigenvalues(matrix, tracker)  # mean eigenvalue σ_rms²
         self.extremes[key] = (lam_low.detach().double().sqrt(), lam_high.detach().double().sqrt())
-        mean = squared_norm(matrix) / min(matrix.shape)  # mean eigenvalue σ_rms²
         floor = self.jitter * mean
         high = lam_high if self.measure == "ratio" else mean
         return 1 - torch.sqrt((lam_low + floor) / (high + floor))

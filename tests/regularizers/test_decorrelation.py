@@ -11,7 +11,7 @@ from _train_utils import DUMMY_BATCH, DUMMY_OUT, orthonormal, penalty, random_ma
 from torch import nn
 
 from regcollide.regularizers import build_regularizer
-from regcollide.regularizers.decorrelation import max_positive_cosine
+from regcollide.regularizers.decorrelation import max_positive_cosine, mean_pair_charge
 
 
 def linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
@@ -110,3 +110,17 @@ def test_no_matching_layer_is_a_clear_error():
     with pytest.raises(ValueError, match="no weight layer matches"):
         build_regularizer("decorrelation", layers="^head$")(nn.Sequential(nn.Linear(3, 2)), DUMMY_BATCH,
                                                              DUMMY_OUT)
+
+
+@pytest.mark.parametrize("chosen", [None, [0, 3, 5, 7, 9, 11]])
+def test_hand_written_backward_matches_finite_differences(chosen):
+    # mean_pair_charge has its own backward (autograd's graph was slower than a small MLP's step)
+    weight = (random_matrix(12, 5, seed=6) + 0.3).requires_grad_(True)
+    rows = None if chosen is None else torch.tensor(chosen)
+    assert torch.autograd.gradcheck(lambda w: mean_pair_charge(w, 10.0, 0.2, rows), (weight,))
+    value = mean_pair_charge(weight, 3.0, 0.0, rows)  # agrees with the all-pairs formula on the subset
+    subset = weight if rows is None else weight[rows]
+    unit = subset / subset.norm(dim=1, keepdim=True)
+    cosines = (unit @ unit.T)[torch.triu_indices(len(subset), len(subset), 1).unbind()]
+    expected = (torch.nn.functional.softplus(3.0 * cosines.clamp_min(0)) - math.log(2)) / 3.0
+    assert value.item() == pytest.approx(expected.mean().item(), rel=1e-12)
