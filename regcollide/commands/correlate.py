@@ -33,7 +33,7 @@ def correlate(entries_dir, out, alpha, n_boot, n_perm, seed, per_threat_model):
     from regcollide.reports.correlation import correlate_entries
     from regcollide.reports.correlation_report import write_correlation_report
     from regcollide.reports.entries import group_by_threat_model, load_entries, require_one_threat_model
-    from regcollide.reports.outputs import check_out_dir
+    from regcollide.reports.outputs import check_out_dir, write_error
 
     problems: list[str] = []
     entries = load_entries(entries_dir, problems)
@@ -54,8 +54,11 @@ def correlate(entries_dir, out, alpha, n_boot, n_perm, seed, per_threat_model):
             click.echo(f"skipped {folder}: only {small[folder]} entries (a correlation needs at least 3)", err=True)
             continue
         study = correlate_entries(group, alpha=alpha, n_boot=n_boot, seed=seed, n_permutations=n_perm)
-        families = [str(e.get("model")) for e in group]
-        for kind, path in write_correlation_report(study, folder, groups=families).items():
+        try:
+            paths = write_correlation_report(study, folder, groups=[str(e.get("model")) for e in group])
+        except OSError as err:
+            raise write_error(folder, err) from err
+        for kind, path in paths.items():
             click.echo(f"{kind}: {path}")
         computed = sum(t.skipped is None for t in study.tests)
         if not study.conclusive:

@@ -27,7 +27,7 @@ def leaderboard(entries_dir, out, title, single_table, model_info):
     """
     from regcollide.reports.entries import load_entries
     from regcollide.reports.leaderboard import write_leaderboard
-    from regcollide.reports.outputs import check_out_dir
+    from regcollide.reports.outputs import check_out_dir, write_error
     from regcollide.reports.robustbench import write_model_info
 
     problems: list[str] = []
@@ -38,10 +38,14 @@ def leaderboard(entries_dir, out, title, single_table, model_info):
         raise click.ClickException(f"no usable eval entries in {entries_dir}; write them with "
                                    "`regcollide eval RUN... --out DIR`")
     out_dir = check_out_dir(out)
-    for kind, path in write_leaderboard(entries, out_dir, title=title, single_table=single_table).items():
+    try:
+        paths = write_leaderboard(entries, out_dir, title=title, single_table=single_table)
+        written, refused = write_model_info(entries, out_dir / "model_info") if model_info else ([], [])
+    except OSError as err:
+        raise write_error(out, err) from err
+    for kind, path in paths.items():
         click.echo(f"{kind}: {path}")
+    for line in refused:
+        click.echo(f"model_info skipped: {line}", err=True)
     if model_info:
-        written, refused = write_model_info(entries, out_dir / "model_info")
-        for line in refused:
-            click.echo(f"model_info skipped: {line}", err=True)
         click.echo(f"model_info: {len(written)} files in {out_dir / 'model_info'}")

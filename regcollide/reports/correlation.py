@@ -230,7 +230,7 @@ def _pearson_p(kind: str, x: np.ndarray, y: np.ndarray, perm_rng: np.random.Gene
                ) -> float:
     if kind == "normal":
         return float(stats.pearsonr(x, y).pvalue)
-    return permutation_pvalues(x, y, perm_rng, n_permutations)[0]["pearson"]
+    return permutation_pvalues(x, y, perm_rng, n_permutations, statistics=("pearson",))[0]["pearson"]
 
 
 def _influence(test: CorrelationTest, pairs: _Pairs, family: list[CorrelationTest], alpha: float,

@@ -68,6 +68,15 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_finite_or_nan(value: Any) -> bool:
+    # NaN means "not measured" (read as missing); inf and integers beyond float range are malformed.
+    try:
+        number = float(value)
+    except OverflowError:
+        return False
+    return math.isnan(number) or math.isfinite(number)
+
+
 def _type_problem(entry: dict) -> str | None:
     """The first wrong-typed key, as 'key 'pgd.eps' must be a number, got str 'abc''; None if all fine."""
     for dotted in OBJECT_KEYS + LIST_KEYS + NUMERIC_KEYS + TEXT_KEYS:
@@ -77,7 +86,7 @@ def _type_problem(entry: dict) -> str | None:
             continue
         kind, ok = (("an object", isinstance(value, dict)) if dotted in OBJECT_KEYS else
                     ("a list", isinstance(value, list)) if dotted in LIST_KEYS else
-                    ("a number", _is_number(value)) if dotted in NUMERIC_KEYS else
+                    ("a finite number", _is_number(value) and _is_finite_or_nan(value)) if dotted in NUMERIC_KEYS else
                     ("a string", isinstance(value, str)))
         if not ok:
             shown = json.dumps(value)[:40]
@@ -112,7 +121,7 @@ def _read_candidate(path: Path) -> Any:
         return read_json(path)
     except json.JSONDecodeError as err:
         raise EntryError(f"{path} is not valid JSON ({err}); delete it or re-run `regcollide eval`") from err
-    except (UnicodeDecodeError, OSError) as err:
+    except (UnicodeDecodeError, OSError, RecursionError) as err:
         raise EntryError(f"{path} cannot be read as JSON text ({type(err).__name__}); delete it or re-run "
                          "`regcollide eval`") from err
 

@@ -29,3 +29,9 @@ def check_out_dir(out: str | os.PathLike) -> Path:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise OutputDirError(f"--out {path}: {probe} is not writable; choose a writable folder")
     return path
+
+
+def write_error(out: str | os.PathLike, err: OSError) -> OutputDirError:
+    """One line for a write that failed after the checks (disk full, permissions changed meanwhile)."""
+    return OutputDirError(f"cannot write the report into {out}: {err.strerror or err}; files already there "
+                          "are unchanged or complete (each file is replaced atomically)")

@@ -165,5 +165,5 @@ def test_malformed_entry_is_one_line_and_the_others_are_used(tmp_path):
     result = runner.invoke(correlate, [str(src), "--out", str(tmp_path / "o"), "--n-boot", "200"])
     assert result.exit_code == 0, result.output
     skipped = [line for line in result.output.splitlines() if line.startswith("skipped:")]
-    assert len(skipped) == 1 and "bad.json" in skipped[0] and "'pgd.robust_acc' must be a number" in skipped[0]
+    assert len(skipped) == 1 and "bad.json" in skipped[0] and "'pgd.robust_acc' must be a finite number" in skipped[0]
     assert json.loads((tmp_path / "o" / "correlations.json").read_text())["n_models"] == 6

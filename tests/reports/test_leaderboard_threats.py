@@ -129,25 +129,31 @@ def test_malformed_entries_one_line_each_and_others_still_loaded(tmp_path):
                        ("boolnum", bool_number)):
         (src / f"{name}.json").write_text(json.dumps(data))
     (src / "torn.json").write_text('{"name": "torn", "pgd": {')
+    (src / "inf.json").write_text(json.dumps(fake_entry("inf", aa=0.1, pgd=0.2)).replace('"clean_acc": 0.95',
+                                                                                          '"clean_acc": Infinity', 1))
+    (src / "huge.json").write_text(json.dumps(fake_entry("huge", aa=0.1, pgd=0.2)).replace('"nu": 2',
+                                                                                            '"nu": 1' + "0" * 400))
+    (src / "deep.json").write_text('{"name": "deep", "pgd": ' + "[" * 100000 + "]" * 100000 + "}")
     (src / "binary.json").write_bytes(b"\xff\xfe\x00garbage")
     (src / "list.json").write_text("[1, 2, 3]")       # not an entry-shaped file: ignored
 
     problems: list[str] = []
     loaded = load_entries(src, problems)
     assert [e["name"] for e in loaded] == ["good1", "good2"]
-    assert len(problems) == 6 and all("\n" not in p for p in problems)
+    assert len(problems) == 9 and all("\n" not in p for p in problems)
     joined = "\n".join(problems)
-    for expected in ("wrong.json: key 'audit.nu' must be a number, got str \"three\"",
+    for expected in ("wrong.json: key 'audit.nu' must be a finite number, got str \"three\"",
                      "missing.json: missing key 'audit'", "notobj.json: key 'pgd' must be an object",
-                     "boolnum.json: key 'clean_acc' must be a number, got bool", "torn.json is not valid JSON",
-                     "binary.json cannot be read as JSON text"):
+                     "boolnum.json: key 'clean_acc' must be a finite number, got bool", "torn.json is not valid JSON",
+                     "binary.json cannot be read as JSON text", "inf.json: key 'clean_acc' must be a finite number",
+                     "huge.json: key 'audit.nu' must be a finite number", "deep.json cannot be read"):
         assert expected in joined
     with pytest.raises(EntryError, match="binary.json"):
         load_entries(src)   # strict without a problems list: the first bad file (by name) raises
 
     result = CliRunner().invoke(leaderboard, [str(src), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
-    assert sum(line.startswith("skipped: ") for line in result.output.splitlines()) == 6
+    assert sum(line.startswith("skipped: ") for line in result.output.splitlines()) == 9
     assert "Traceback" not in result.output
     md = (tmp_path / "out" / "leaderboard.md").read_text()
     assert "good1" in md and "good2" in md and "wrong" not in md
@@ -230,3 +236,17 @@ def test_cli_on_the_study_entries(tmp_path):
     assert aa == sorted(aa, reverse=True)
     assert len(list((tmp_path / "board" / "model_info" / "mnist5k" / "Linf").glob("*.json"))) == 19
     assert {p.name: p.read_bytes() for p in STUDY_ENTRIES.glob("*.json")} == before
+
+
+def test_full_disk_during_write_is_one_line(tmp_path, monkeypatch):
+    import regcollide.reports.leaderboard as lb
+
+    src = _write(tmp_path / "e", [fake_entry("a", aa=0.1, pgd=0.2)])
+
+    def full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(lb, "atomic_write_bytes", full)
+    result = CliRunner().invoke(leaderboard, [str(src), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.count("\n") == 1 and "No space left on device" in result.output
