@@ -44,3 +44,42 @@ def test_data_summary_shows_class_balance():
 def test_console_script_runs_from_the_venv():
     result = subprocess.run([sys.executable, "-m", "regcollide.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "audit" in result.stdout
+
+
+def test_models_explains_every_naming_form():
+    result = CliRunner().invoke(main, ["models"])
+    for form in ("timm:<name>", "hf-hub:<org>/<repo>", "tv:<name>", "rb:<dataset>/<threat>/<name>",
+                 "module:callable", "--weights FILE", "--pretrained"):
+        assert form in result.output, form
+
+
+def test_data_lists_a_validation_split(tmp_path):
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    (tmp_path / "data").mkdir()
+    for split, n in (("train", 4), ("validation", 2)):
+        images = []
+        for i in range(n):
+            buffer = io.BytesIO()
+            Image.fromarray(np.full((5, 5), i, dtype=np.uint8)).save(buffer, format="PNG")
+            images.append({"bytes": buffer.getvalue(), "path": None})
+        pq.write_table(pa.table({"image": images, "label": [i % 2 for i in range(n)]}),
+                       tmp_path / "data" / f"{split}-00000-of-00001.parquet")
+    result = CliRunner().invoke(main, ["data", f"parquet:{tmp_path}"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split()[1] for line in result.output.splitlines() if line.startswith("  ")}
+    assert rows == {"train": "4", "validation": "2"}
+    assert "validation        2 images  1x5x5  classes {0:1, 1:1}" in result.output
+
+
+def test_every_model_command_takes_weights_pretrained_and_device():
+    runner = CliRunner()
+    for args in (["audit"], ["attack", "pgd"], ["attack", "nullspace"], ["attack", "polytope"]):
+        result = runner.invoke(main, [*args, "--help"])
+        for option in ("--weights", "--pretrained", "--device"):
+            assert option in result.output, (args, option)
