@@ -74,7 +74,7 @@ def test_data_lists_a_validation_split(tmp_path):
     assert result.exit_code == 0, result.output
     rows = {line.split()[0]: line.split()[1] for line in result.output.splitlines() if line.startswith("  ")}
     assert rows == {"train": "4", "validation": "2"}
-    assert "validation        2 images  1x5x5  classes {0:1, 1:1}" in result.output
+    assert "  validation      2 images  1x5x5  classes {0:1, 1:1}" in result.output
 
 
 def test_every_model_command_takes_weights_pretrained_and_device():
