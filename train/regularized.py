@@ -25,7 +25,8 @@ from regcollide.runs import RunFolderError
 from regcollide.training.callbacks import Callback
 from regcollide.training.config import Config, ConfigError, dump_config, instantiate, load_config, resolve
 from regcollide.training.data import get_dataloaders
-from regcollide.training.loop import RunResult, make_accelerator, train
+from regcollide.training.launch import make_accelerator
+from regcollide.training.loop import RunResult, train
 from regcollide.training.state import TrainingDiverged
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"

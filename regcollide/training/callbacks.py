@@ -24,8 +24,12 @@ class Callback:
         """After optimizer step ``state.global_step``; ``values`` are this process's loss terms."""
         return False
 
-    def on_epoch_end(self, state: TrainState, test_acc: float | None) -> bool:
-        """After epoch ``state.epoch`` (completed epochs) and its state save."""
+    def on_epoch_end(self, state: TrainState, record: dict) -> bool:
+        """After epoch ``state.epoch`` (completed epochs) and its state save.
+
+        ``record`` is the epoch's metrics line: ``epoch_loss`` (mean objective) and ``epoch_train_acc`` over
+        every process, ``test_acc`` (None unless ``eval.every_epoch``), ``epoch`` and ``step``.
+        """
         return False
 
 

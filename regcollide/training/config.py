@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,34 +25,23 @@ import yaml
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
 from accelerate.utils import LoggerType
 
-
-class ConfigError(ValueError):
-    """A config problem the user can fix; the message is one line that names the key."""
-
-
-def _range(lo: float | None = None, hi: float | None = None, lo_open: bool = False, **extra: Any) -> dict:
-    """Field metadata for a numeric range check (``lo_open`` excludes the lower bound)."""
-    return {"lo": lo, "hi": hi, "lo_open": lo_open, **extra}
-
-
-def _choices(*options: str) -> dict:
-    return {"choices": options}
+from regcollide.training.validate import ConfigError, build, choices, fail, value_range
 
 
 @dataclass
 class ModelConfig:
     name: str = "mlp"                      # registry name, or timm:<name> / tv:<name>
-    width: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
-    num_classes: int | None = field(default=None, metadata=_range(2))   # None: from the dataset
-    in_chans: int | None = field(default=None, metadata=_range(1))      # None: from the dataset
-    img_size: int | None = field(default=None, metadata=_range(1))      # None: from the dataset
+    width: float = field(default=1.0, metadata=value_range(0.0, lo_open=True))
+    num_classes: int | None = field(default=None, metadata=value_range(2))   # None: from the dataset
+    in_chans: int | None = field(default=None, metadata=value_range(1))      # None: from the dataset
+    img_size: int | None = field(default=None, metadata=value_range(1))      # None: from the dataset
 
 
 @dataclass
 class AugmentConfig:
     """Training-time augmentation, applied on the device to every training batch (``regcollide.data.augment``)."""
 
-    crop_padding: int = field(default=0, metadata=_range(0))   # random crop after zero padding; 0: off
+    crop_padding: int = field(default=0, metadata=value_range(0))   # random crop after zero padding; 0: off
     hflip: bool = False                                        # random horizontal flip with probability 1/2
 
     @property
@@ -65,37 +52,39 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     spec: str = "mnist5k"                  # mnist5k | hf:<id>[:<config>] | parquet:<path> | imagefolder:<dir>
-    limit_train: int | None = field(default=None, metadata=_range(1))   # first N training samples only
-    limit_test: int | None = field(default=None, metadata=_range(1))    # first N test samples only
-    num_workers: int = field(default=0, metadata=_range(0))
+    split: str = "train"                   # the split trained on
+    test_split: str = "test"               # the split of the per-epoch test accuracy
+    limit_train: int | None = field(default=None, metadata=value_range(1))   # first N training samples only
+    limit_test: int | None = field(default=None, metadata=value_range(1))    # first N test samples only
+    num_workers: int = field(default=0, metadata=value_range(0))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
 class RegularizerConfig:
     name: str = "singular"                 # regcollide.regularizers.list_regularizers()
-    weight: float = field(default=1.0, metadata=_range(0.0))
+    weight: float = field(default=1.0, metadata=value_range(0.0))
     params: dict = field(default_factory=dict)   # keyword arguments of build_regularizer(name, **params)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = field(default=3, metadata=_range(1))
-    batch_size: int = field(default=64, metadata=_range(1))   # per process
-    lr: float = field(default=0.05, metadata=_range(0.0, lo_open=True))
-    optimizer: str = field(default="sgd", metadata=_choices("sgd", "adam", "adamw"))
-    momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))      # sgd only
-    weight_decay: float = field(default=0.0, metadata=_range(0.0))
-    schedule: str = field(default="cosine", metadata=_choices("cosine", "constant", "linear"))
-    warmup_steps: int = field(default=0, metadata=_range(0))
-    grad_clip: float = field(default=0.0, metadata=_range(0.0))          # 0 disables clipping
-    checkpoint_every: int = field(default=0, metadata=_range(0))         # steps; 0: only at epoch ends
-    keep_checkpoints: int = field(default=2, metadata=_range(1))
-    log_every: int = field(default=20, metadata=_range(1))               # steps between metrics lines
+    epochs: int = field(default=3, metadata=value_range(1))
+    batch_size: int = field(default=64, metadata=value_range(1))   # per process
+    lr: float = field(default=0.05, metadata=value_range(0.0, lo_open=True))
+    optimizer: str = field(default="sgd", metadata=choices("sgd", "adam", "adamw"))
+    momentum: float = field(default=0.9, metadata=value_range(0.0, 1.0))      # sgd only
+    weight_decay: float = field(default=0.0, metadata=value_range(0.0))
+    schedule: str = field(default="cosine", metadata=choices("cosine", "constant", "linear"))
+    warmup_steps: int = field(default=0, metadata=value_range(0))
+    grad_clip: float = field(default=0.0, metadata=value_range(0.0))          # 0 disables clipping
+    checkpoint_every: int = field(default=0, metadata=value_range(0))         # steps; 0: only at epoch ends
+    keep_checkpoints: int = field(default=2, metadata=value_range(1))
+    log_every: int = field(default=20, metadata=value_range(1))               # steps between metrics lines
     progress: bool = True                                                # tqdm bar on the main process
     log_with: list[str] = field(default_factory=list)                    # accelerate trackers: tensorboard, wandb, ...
-    mixed_precision: str = field(default="no", metadata=_choices("no", "fp16", "bf16"))
-    num_threads: int = field(default=0, metadata=_range(0))              # torch CPU threads; 0: torch's default
+    mixed_precision: str = field(default="no", metadata=choices("no", "fp16", "bf16"))
+    num_threads: int = field(default=0, metadata=value_range(0))              # torch CPU threads; 0: torch's default
 
 
 @dataclass
@@ -105,17 +94,17 @@ class EvalConfig:
     enabled: bool = True                   # evaluate at the end of the run and write results.json
     every_epoch: bool = True               # clean test accuracy after each epoch (metrics.jsonl)
     parts: list[str] = field(default_factory=lambda: ["clean", "pgd", "audit", "nullspace"])
-    n: int = field(default=1000, metadata=_range(1))                     # test images: clean acc and PGD
-    norm: str = field(default="linf", metadata=_choices("linf", "l2"))
-    eps: float = field(default=0.1, metadata=_range(0.0, lo_open=True))  # PGD/AutoAttack budget, pixels
-    pgd_steps: int = field(default=10, metadata=_range(1))
-    pgd_restarts: int = field(default=1, metadata=_range(1))
-    autoattack_n: int = field(default=100, metadata=_range(1))
-    nullspace_n: int = field(default=16, metadata=_range(1))
-    polytope_vertices: int = field(default=5, metadata=_range(1))
-    polytope_samples: int = field(default=500, metadata=_range(1))
-    batch_size: int = field(default=250, metadata=_range(1))
-    seed: int = field(default=0, metadata=_range(0))
+    n: int = field(default=1000, metadata=value_range(1))                     # test images: clean acc and PGD
+    norm: str = field(default="linf", metadata=choices("linf", "l2"))
+    eps: float = field(default=0.1, metadata=value_range(0.0, lo_open=True))  # PGD/AutoAttack budget, pixels
+    pgd_steps: int = field(default=10, metadata=value_range(1))
+    pgd_restarts: int = field(default=1, metadata=value_range(1))
+    autoattack_n: int = field(default=100, metadata=value_range(1))
+    nullspace_n: int = field(default=16, metadata=value_range(1))
+    polytope_vertices: int = field(default=5, metadata=value_range(1))
+    polytope_samples: int = field(default=500, metadata=value_range(1))
+    batch_size: int = field(default=250, metadata=value_range(1))
+    seed: int = field(default=0, metadata=value_range(0))
 
     def settings(self) -> dict:
         """The keyword settings for ``regcollide.evaluation.evaluate.evaluate_run``."""
@@ -128,7 +117,7 @@ class EvalConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    seed: int = field(default=0, metadata=_range(0))
+    seed: int = field(default=0, metadata=value_range(0))
     regularizers: list[RegularizerConfig] = field(default_factory=list)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -136,115 +125,13 @@ class Config:
     run_name: str | None = None            # None: the config file's stem (suffixed -2, -3 when taken)
 
 
+
 # ---------------------------------------------------------------- building from plain data
-
-
-def _fail(key: str, message: str) -> typing.NoReturn:
-    raise ConfigError(f"{key}: {message}" if key else message)
-
-
-def _suggest(name: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    return f"{hint}valid keys: {', '.join(valid)}"
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check ``value`` against the annotation ``tp``; ints are accepted for floats, nothing else is cast."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        (inner,) = [t for t in options if t is not type(None)]
-        return _coerce(key, value, inner)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            _fail(key, f"expected a list, got {value!r}")
-        return [_coerce(f"{key}.{i}", v, item_tp) for i, v in enumerate(value)]
-    if tp is dict or origin is dict:
-        if not isinstance(value, dict):
-            _fail(key, f"expected a mapping, got {value!r}")
-        _check_params(key, value)
-        return dict(value)
-    if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
-        return _finite(key, value)
-    if tp is bool and not isinstance(value, bool):
-        _fail(key, f"expected true or false, got {value!r}")
-    if tp is int and isinstance(value, bool):
-        _fail(key, f"expected an integer, got {value!r}")
-    if not isinstance(value, tp):
-        _fail(key, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _finite(key: str, value: int | float | str) -> float:
-    """A float field's value; NaN and inf are refused (no config field has a meaning for them)."""
-    try:  # PyYAML reads 1e-3 (no dot) as a string; accept any spelling float() understands
-        number = float(value)
-    except ValueError:
-        _fail(key, f"expected float, got str {value!r}")
-    if not math.isfinite(number):
-        _fail(key, f"must be a finite number, got {value!r}")
-    return number
-
-
-def _check_params(key: str, value: Any) -> None:
-    """Regularizer params: every number, however deeply nested, must be finite."""
-    if isinstance(value, dict):
-        for name, item in value.items():
-            _check_params(f"{key}.{name}", item)
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_params(f"{key}.{i}", item)
-    elif isinstance(value, float) and not math.isfinite(value):
-        _fail(key, f"must be a finite number, got {value!r}")
-
-
-def _check_meta(key: str, value: Any, meta: typing.Mapping) -> None:
-    if value is None:
-        return
-    if "choices" in meta and value not in meta["choices"]:
-        close = difflib.get_close_matches(str(value), meta["choices"], n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        _fail(key, f"invalid value {value!r}; {hint}choose from {', '.join(meta['choices'])}")
-    lo, hi = meta.get("lo"), meta.get("hi")
-    if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
-        bound = f"> {lo}" if meta.get("lo_open") else f">= {lo}"
-        _fail(key, f"value {value!r} out of range; must be {bound}")
-    if hi is not None and value > hi:
-        _fail(key, f"value {value!r} out of range; must be <= {hi}")
-
-
-def _build(cls: type, data: Any, prefix: str = "") -> Any:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        _fail(prefix, f"expected a mapping of {cls.__name__} keys, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            full = f"{prefix}.{key}" if prefix else str(key)
-            _fail(full, f"unknown key; {_suggest(str(key), list(fields))}")
-    kwargs = {}
-    for name, value in data.items():
-        full = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _coerce(full, value, hints[name])
-        _check_meta(full, kwargs[name], fields[name].metadata)
-    return cls(**kwargs)
 
 
 def from_dict(data: dict) -> Config:
     """Build a validated :class:`Config` from plain data (a parsed YAML file)."""
-    return _build(Config, data)
+    return build(Config, data)
 
 
 def to_dict(config: Config) -> dict:
@@ -270,16 +157,16 @@ def apply_override(data: dict, assignment: str) -> None:
         here = ".".join(parts[: depth + 1])
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                _fail(here, f"no list item {part!r} (the list has {len(node)} items)")
+                fail(here, f"no list item {part!r} (the list has {len(node)} items)")
             part = int(part)
         elif not isinstance(node, dict):
-            _fail(here, f"cannot set a key inside {node!r}")
+            fail(here, f"cannot set a key inside {node!r}")
         if last:
             node[part] = value
         else:
             if isinstance(node, dict) and node.get(part) is None:
                 if parts[depth + 1].isdigit():
-                    _fail(here, f"no list to index with {parts[depth + 1]!r}; set the whole list instead")
+                    fail(here, f"no list to index with {parts[depth + 1]!r}; set the whole list instead")
                 node[part] = {}
             node = node[part]
 
@@ -320,10 +207,10 @@ def _check_trackers(log_with: list[str]) -> None:
         if name not in LOGGER_TYPE_TO_CLASS:
             close = difflib.get_close_matches(name, list(LOGGER_TYPE_TO_CLASS), n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
-            _fail(f"train.log_with.{i}", f"unknown tracker {name!r}; {hint}choose from "
+            fail(f"train.log_with.{i}", f"unknown tracker {name!r}; {hint}choose from "
                                          f"{', '.join(LOGGER_TYPE_TO_CLASS)}")
         if LoggerType(name) not in get_available_trackers():
-            _fail(f"train.log_with.{i}", f"the {name} package is not installed; `pip install {name}` or "
+            fail(f"train.log_with.{i}", f"the {name} package is not installed; `pip install {name}` or "
                                          "remove it from train.log_with")
 
 

@@ -23,7 +23,10 @@ def get_dataloaders(config: Config) -> tuple[DataLoader, DataLoader]:
 
     Batches are dicts: ``image`` (B, C, H, W) in [0, 1], ``label`` (B,), ``index`` (B,).
     """
-    train_set, test_set = load_dataset(config.data.spec, "train"), load_dataset(config.data.spec, "test")
+    # Images are resized and center-cropped to the model's input size (a no-op when they already fit).
+    size = config.model.img_size
+    train_set = load_dataset(config.data.spec, config.data.split, image_size=size)
+    test_set = load_dataset(config.data.spec, config.data.test_split, image_size=size)
     train_set, test_set = subset(train_set, config.data.limit_train), subset(test_set, config.data.limit_test)
     # make_loader holds the images in memory; we keep its dataset but draw the order from EpochSampler,
     # whose permutation is a pure function of (seed, epoch), so a resumed run sees the same batches.

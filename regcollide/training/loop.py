@@ -21,15 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.tracking import filter_trackers
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from regcollide import runs
-from regcollide._modes import eval_mode
+from regcollide.data.augment import Augmentation
 from regcollide.evaluation.evaluate import evaluate_run
 from regcollide.io import CONFIG_FILE, WEIGHTS_FILE, atomic_write_bytes, save_weights, write_json
 from regcollide.regularizers.base import Regularizer
@@ -38,14 +37,13 @@ from regcollide.training.callbacks import Callback, any_stop
 from regcollide.training.checkpoint import Resumable, latest_state, remove_partial_states, restore_newest, save_state
 from regcollide.training.config import (
     Config,
-    ConfigError,
     build_model,
     build_regularizers,
     dump_config,
     resolve,
-    to_dict,
 )
 from regcollide.training.data import get_dataloaders
+from regcollide.training.launch import claim_on_main, make_accelerator, tracker_config
 from regcollide.training.resume import check_resume_config, check_resume_processes
 from regcollide.training.state import (
     RegularizerStates,
@@ -54,6 +52,7 @@ from regcollide.training.state import (
     build_optimizer,
     learning_rate,
 )
+from regcollide.training.step import evaluate_accuracy, train_record, training_step
 
 
 @dataclass
@@ -92,22 +91,6 @@ class _Session:
     window: torch.Tensor | None = None  # (1 + R + 3,) per-term sums, loss sum, correct, count since the last log
 
 
-def use_cpu(cpu: bool = False) -> bool:
-    """CPU training when asked, or when launched on several processes with no accelerator device.
-
-    ``accelerate launch --multi_gpu`` on a CPU-only machine starts the processes but accelerate only forms a
-    gloo group (DistributedType.MULTI_CPU) when the Accelerator is told to use the CPU.
-    """
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return cpu or (distributed and not torch.accelerator.is_available())
-
-
-def make_accelerator(config: Config, cpu: bool = False) -> Accelerator:
-    """The Accelerator :func:`train` builds when none is passed (trackers are attached to the run folder)."""
-    return Accelerator(cpu=use_cpu(cpu), mixed_precision=config.train.mixed_precision,
-                       rng_types=[])  # the sampler is seeded by (seed, epoch): nothing to sync
-
-
 def term_names(names: Sequence[str]) -> list[str]:
     """Regularizer names for the log, numbered when a name repeats (singular, singular_2)."""
     out: list[str] = []
@@ -131,17 +114,10 @@ def _components(config: Config, model: torch.nn.Module | None,
     return model, regs, [float(w) for w, _ in regularizers], term_names(reg.name for reg in regs)
 
 
-def build_augmentation(config: Config):
-    """The configured on-device augmentation (``regcollide.data.augment``), or None when it is off."""
+def build_augmentation(config: Config) -> Augmentation | None:
+    """The configured on-device augmentation (random crop after padding, flip), or None when it is off."""
     aug = config.data.augment
-    if not aug.enabled:
-        return None
-    try:  # the augmentation module belongs to the data package; only a run that augments needs it
-        from regcollide.data.augment import Augmentation
-    except ImportError as err:
-        raise ConfigError(f"data.augment: this installation has no regcollide.data.augment ({err}); "
-                          "set data.augment.crop_padding=0 and data.augment.hflip=false") from None
-    return Augmentation(crop_padding=aug.crop_padding, hflip=aug.hflip)
+    return Augmentation(crop_padding=aug.crop_padding, hflip=aug.hflip) if aug.enabled else None
 
 
 def train(config: Config, *, accelerator: Accelerator | None = None, callbacks: Sequence[Callback] = (),
@@ -170,7 +146,7 @@ def train(config: Config, *, accelerator: Accelerator | None = None, callbacks: 
     if resume is not None:
         check_resume_processes(Path(resume), accelerator.num_processes)
     train_loader, test_loader = dataloaders or get_dataloaders(config)
-    run_dir = Path(resume) if resume is not None else _claim(accelerator, config, default_name, overwrite)
+    run_dir = Path(resume) if resume is not None else claim_on_main(accelerator, config, default_name, overwrite)
     config.out_dir, config.run_name = str(run_dir.parent), run_dir.name
     optimizer = build_optimizer(config.train, model)
     model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
@@ -183,20 +159,6 @@ def train(config: Config, *, accelerator: Accelerator | None = None, callbacks: 
                        torch.zeros(len(regs) + 4))
     _open_run(session, resuming=resume is not None)
     return _run(session)
-
-
-def _claim(accelerator: Accelerator, config: Config, default_name: str, overwrite: bool) -> Path:
-    """The main process claims a fresh run folder; every process learns its path (or the one-line error)."""
-    outcome = [None]
-    if accelerator.is_main_process:
-        try:
-            outcome = [str(runs.claim_run_dir(config.out_dir, config.run_name, default_name, overwrite))]
-        except runs.RunFolderError as err:
-            outcome = [f"error:{err}"]
-    outcome = broadcast_object_list(outcome) if accelerator.num_processes > 1 else outcome
-    if outcome[0].startswith("error:"):
-        raise runs.RunFolderError(outcome[0][len("error:"):])
-    return Path(outcome[0])
 
 
 def _say(accelerator: Accelerator, line: str) -> None:
@@ -222,18 +184,6 @@ def _open_run(s: _Session, resuming: bool) -> None:
         acc.log_with = filter_trackers(s.config.train.log_with, acc.logging_dir)
         acc.init_trackers(s.run_dir.name, config=tracker_config(s.config))
     acc.wait_for_everyone()
-
-
-def tracker_config(config: Config) -> dict[str, int | float | str | bool]:
-    """The full resolved config flattened to ``section.key`` scalars (what trackers accept as hparams)."""
-    def flat(tree, prefix: str) -> dict:
-        if isinstance(tree, dict):
-            return {k: v for key, value in tree.items() for k, v in flat(value, f"{prefix}{key}.").items()}
-        if isinstance(tree, (bool, int, float, str)):
-            return {prefix[:-1]: tree}
-        return {prefix[:-1]: "none" if tree is None else str(tree)}
-
-    return flat(to_dict(config), "")
 
 
 def _run(s: _Session) -> RunResult:
@@ -289,14 +239,25 @@ def _train_epoch(s: _Session, bar) -> bool:
             if not saved:
                 _save(s)
             return True
-    state.epoch += 1
-    state.step_in_epoch = 0
-    test_acc = evaluate_accuracy(s.model, s.test_loader, acc) if s.config.eval.every_epoch else None
-    s.log.write({"event": "epoch", "epoch": state.epoch, "step": state.global_step, "test_acc": test_acc})
-    if test_acc is not None:
-        bar.set_postfix(test_acc=f"{test_acc:.4f}")
+    record = _epoch_record(s)
+    s.log.write(record)
+    if record["test_acc"] is not None:
+        bar.set_postfix(test_acc=f"{record['test_acc']:.4f}")
     _save(s)
-    return any_stop(s.callbacks, "on_epoch_end", state, test_acc)
+    return any_stop(s.callbacks, "on_epoch_end", state, record)
+
+
+def _epoch_record(s: _Session) -> dict:
+    """Close the epoch: its mean objective and training accuracy over all processes, and the test accuracy."""
+    acc, state = s.accelerator, s.state
+    sums = torch.tensor([state.epoch_loss, state.epoch_correct, state.epoch_seen], dtype=torch.float64)
+    loss_sum, correct, seen = acc.reduce(sums.to(acc.device), "sum").cpu().tolist()
+    state.epoch += 1
+    state.step_in_epoch = state.epoch_correct = state.epoch_seen = 0
+    state.epoch_loss = 0.0
+    test_acc = evaluate_accuracy(s.model, s.test_loader, acc) if s.config.eval.every_epoch else None
+    return {"event": "epoch", "epoch": state.epoch, "step": state.global_step, "test_acc": test_acc,
+            "epoch_loss": loss_sum / max(seen, 1.0), "epoch_train_acc": correct / max(seen, 1.0)}
 
 
 def _step(s: _Session, batch: dict, window: torch.Tensor) -> list[float]:
@@ -306,8 +267,8 @@ def _step(s: _Session, batch: dict, window: torch.Tensor) -> list[float]:
         group["lr"] = learning_rate(s.config.train, state.global_step, s.total_steps)
     if s.augment is not None:
         # Draws are a pure function of (seed, step, process): a resumed run augments identically.
-        gen = torch.Generator(device=batch["image"].device)
-        gen.manual_seed((s.config.seed * 1_000_003 + state.global_step) * 4099 + acc.process_index)
+        gen = torch.Generator().manual_seed((s.config.seed * 1_000_003 + state.global_step) * 4099
+                                            + acc.process_index)
         batch = {**batch, "image": s.augment(batch["image"], gen)}  # (B, C, H, W)
     loss, outputs, values = training_step(s.model, s.raw_model, batch, s.regularizers, s.weights)
     everywhere = acc.gather(values[None])  # (P, 1 + R): all processes stop together
@@ -327,51 +288,10 @@ def _step(s: _Session, batch: dict, window: torch.Tensor) -> list[float]:
     state.shard_digest = (state.shard_digest * 1_000_003 + int(batch["index"].sum())) % (1 << 61)
     correct = float((outputs.argmax(1) == batch["label"]).sum())
     window += torch.cat([values.cpu() * n, torch.tensor([float(loss.detach()) * n, correct, n])])
+    state.epoch_loss += float(loss.detach()) * n
+    state.epoch_correct += int(correct)
+    state.epoch_seen += n
     return values.tolist()
-
-
-def regularizer_term(reg, model, batch, outputs) -> torch.Tensor:
-    """The term, or NaN when its linear algebra fails (diverged weights): reported like a NaN loss."""
-    try:
-        return reg(model, batch, outputs)
-    except torch.linalg.LinAlgError:
-        return outputs.new_full((), float("nan"))
-
-
-def training_step(model, raw_model, batch, regularizers, weights) -> tuple[torch.Tensor, torch.Tensor,
-                                                                          torch.Tensor]:
-    """Forward pass and total loss; returns (loss, logits (B, K), per-term values (1 + R,))."""
-    outputs = model(batch["image"])  # (B, K)
-    replaced = any(reg.replaces_task_loss for reg in regularizers)
-    task = outputs.new_zeros(()) if replaced else F.cross_entropy(outputs, batch["label"])
-    # Regularizers see the unwrapped module (layer names without DDP's "module." prefix); their gradients
-    # still reach DDP's hooks because those hang on the parameters themselves.
-    terms = [regularizer_term(reg, raw_model, batch, outputs) for reg in regularizers]
-    loss = task + sum((w * t for w, t in zip(weights, terms)), outputs.new_zeros(()))
-    values = torch.stack([task.detach().float()] + [t.detach().float().reshape(()) for t in terms])
-    return loss, outputs, values
-
-
-def train_record(state: TrainState, names: list[str], sums: list[float], lr: float) -> dict:
-    """One metrics.jsonl line from the window sums (per-term sums, loss sum, correct, count)."""
-    count = max(sums[-1], 1.0)
-    record = {"event": "train", "epoch": state.epoch, "step": state.global_step, "lr": lr,
-              "loss": sums[-3] / count, "train_acc": sums[-2] / count}
-    record.update({f"term/{name}": total / count for name, total in zip(names, sums)})
-    return record
-
-
-@torch.no_grad()
-def evaluate_accuracy(model, loader, accelerator: Accelerator) -> float:
-    """Clean accuracy over the whole (sharded) test loader; duplicates from padding are dropped."""
-    correct = total = 0
-    with eval_mode(model):
-        for batch in loader:
-            preds = model(batch["image"]).argmax(dim=1)  # (B,)
-            preds, labels = accelerator.gather_for_metrics((preds, batch["label"]))
-            correct += int((preds == labels).sum())
-            total += labels.numel()
-    return correct / max(total, 1)
 
 
 def _finalize(s: _Session) -> torch.nn.Module:

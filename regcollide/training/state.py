@@ -22,15 +22,21 @@ class TrainState:
         self.global_step = 0
         self.samples_seen = 0     # by this process; with shard_digest, shows each process saw its own shard
         self.shard_digest = 0
+        self.epoch_loss = 0.0     # this process, this epoch: sample-weighted objective sum, correct, samples
+        self.epoch_correct = 0
+        self.epoch_seen = 0
 
-    def state_dict(self) -> dict[str, int]:
+    def state_dict(self) -> dict[str, int | float]:
         return dict(vars(self))
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, int | float]) -> None:
         values = {key: state[key] for key in vars(self)}  # KeyError before anything changes
+        loss = values.pop("epoch_loss")
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values.values()):
             raise ValueError(f"step counters must be non-negative integers, got {values}")
-        for key, value in values.items():
+        if not isinstance(loss, (int, float)) or not math.isfinite(loss):
+            raise ValueError(f"epoch_loss must be a finite number, got {loss!r}")
+        for key, value in {**values, "epoch_loss": float(loss)}.items():
             setattr(self, key, value)
 
 
