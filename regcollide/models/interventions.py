@@ -35,23 +35,34 @@ PLUS_MINUS_WIDTHS = (128, 256, 392, 784)
 PROJECTOR_SEED = 20190  # one fixed orthogonal matrix for every k: nested, reproducible projectors
 
 
-def orthonormal_columns(dim: int, k: int, seed: int = PROJECTOR_SEED) -> Tensor:
-    """The first k columns of a fixed random orthogonal (dim, dim) matrix (QR of a seeded Gaussian)."""
-    gen = torch.Generator().manual_seed(seed)
-    q, r = torch.linalg.qr(torch.randn(dim, dim, generator=gen, dtype=torch.float64))
-    q = q * torch.sign(torch.diagonal(r))  # unique QR: the Haar-distributed orthogonal matrix
-    return q[:, :k].float()  # (dim, k)
-
-
 class RemoveSubspace(nn.Module):
-    """Parametrization W ↦ W (I − Q Qᵀ): the rows of W lose their component in span(Q), a frozen buffer."""
+    """Parametrization W ↦ W (I − Q Qᵀ): the rows of W lose their component in span(Q), a frozen buffer.
 
-    def __init__(self, basis: Tensor):
+    For k > in/2 the same map is computed as W Q_c Q_cᵀ with the (in − k) complementary columns Q_c, which
+    is cheaper (the cost scales with the smaller of k and in − k).
+    """
+
+    def __init__(self, basis: Tensor, complement: bool = False):
         super().__init__()
-        self.register_buffer("basis", basis)  # (in, k), orthonormal columns; a buffer, so never trained
+        self.complement = complement
+        self.register_buffer("basis", basis)  # (in, k) or (in, in − k) orthonormal columns; never trained
 
     def forward(self, weight: Tensor) -> Tensor:  # (out, in) -> (out, in)
-        return weight - (weight @ self.basis) @ self.basis.T
+        kept = (weight @ self.basis) @ self.basis.T
+        return kept if self.complement else weight - kept
+
+
+def orthogonal_matrix(dim: int, seed: int = PROJECTOR_SEED) -> Tensor:
+    """A fixed random orthogonal (dim, dim) matrix (QR of a seeded Gaussian, signs fixed: Haar)."""
+    gen = torch.Generator().manual_seed(seed)
+    q, r = torch.linalg.qr(torch.randn(dim, dim, generator=gen, dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r))  # (dim, dim)
+
+
+def projector_parametrization(dim: int, k: int) -> RemoveSubspace:
+    """W ↦ W (I − P_k), P_k onto the first k columns of ``orthogonal_matrix(dim)`` (nested in k)."""
+    q = orthogonal_matrix(dim).float()
+    return RemoveSubspace(q[:, k:].contiguous(), complement=True) if 2 * k > dim else RemoveSubspace(q[:, :k])
 
 
 class PlusMinusLinear(nn.Linear):
@@ -82,7 +93,7 @@ def projected_mlp(k: int, num_classes: int = 10, in_chans: int = 1, img_size: in
         raise ValueError(f"projection rank k must be in [0, {dim}), got {k}")
     model = first_width_mlp(dim, num_classes, in_chans, img_size, width)
     if k:
-        parametrize.register_parametrization(model[1], "weight", RemoveSubspace(orthonormal_columns(dim, k)))
+        parametrize.register_parametrization(model[1], "weight", projector_parametrization(dim, k))
     return model
 
 

@@ -1,0 +1,1 @@
+"""Statistics of the collision study: power, partial Spearman, TOST, hierarchical bootstrap, MixedLM."""

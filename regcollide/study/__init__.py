@@ -1,0 +1,1 @@
+"""The collision study pipeline: design → train → measure → entries (docs/study/preregistration.md)."""
