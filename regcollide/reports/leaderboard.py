@@ -90,15 +90,16 @@ def _regroup(rows: list[dict]) -> list[tuple[ThreatModel, list[dict]]]:
     return list(groups.items())
 
 
-def _sizes(rows: list[dict], key: str) -> str:
+def _sizes(rows: list[dict], key: str) -> str | None:
     sizes = sorted({r[key] for r in rows if isinstance(r.get(key), (int, float))})
-    return "/".join(f"{n:g}" for n in sizes) if sizes else "–"
+    return "/".join(f"{n:g}" for n in sizes) if sizes else None
 
 
 def footnote(rows: list[dict]) -> str:
     """Sample sizes (AutoAttack attacks a prefix of PGD's images) and the PGD-fallback rows of one table."""
-    notes = [f"PGD on {_sizes(rows, 'n_pgd')} test images (a seeded random class mixture); AutoAttack on "
-             f"the first {_sizes(rows, 'n_autoattack')} of those same images, and PGD % (AA images) is PGD's "
+    pgd, aa = _sizes(rows, "n_pgd"), _sizes(rows, "n_autoattack")
+    notes = [f"PGD on {pgd + ' ' if pgd else ''}test images (a seeded random class mixture); AutoAttack on "
+             f"{'the first ' + aa if aa else 'a prefix'} of those same images, and PGD % (AA images) is PGD's "
              "robust accuracy on that prefix, the number AutoAttack % must not exceed."]
     fallback = [str(r["name"]) for r in rows if r["_score_source"] == "pgd"]
     if fallback:

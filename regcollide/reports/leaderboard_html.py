@@ -35,6 +35,8 @@ th.flags { text-align: left; }
 td.flags { color: #b00; font-size: 11px; text-align: left; overflow-wrap: anywhere; min-width: 5em; }
 button.toggle { font: inherit; cursor: pointer; border: 1px solid #aaa; background: #fff; border-radius: 3px; }
 table.collapsed .g-collision.member { display: none; }
+.stub { display: none; color: #888; text-align: center; }
+table.collapsed .stub { display: table-cell; }
 p.note { color: #555; font-size: 12px; max-width: 70em; }
 """
 
@@ -66,6 +68,7 @@ _JS = """
       headers[index].setAttribute("aria-sort", descending ? "descending" : "ascending");
     }
     Array.prototype.forEach.call(headers, function (th, index) {
+      if (!th.dataset.key) return;   // the collapsed group's stub column does not sort
       th.addEventListener("click", function () {
         sortBy(index, th.getAttribute("aria-sort") === "ascending");
       });
@@ -122,11 +125,20 @@ def _group_header(columns: list) -> str:
     return '<tr class="groups">' + "".join(cells) + "</tr>"
 
 
+def _stub_after(columns: list) -> int | None:
+    """Index of the last collision column: a collapsed group keeps one narrow stub column after it, so the
+    group header still has a column under it and the other groups stay aligned."""
+    indices = [i for i, c in enumerate(columns) if c.group == "collision"]
+    return indices[-1] if indices else None
+
+
 def _table(index: int, rows: list[dict], columns: list, format_cell: Callable[[Any, Any], str]) -> str:
     firsts = {i for i, c in enumerate(columns) if i == 0 or columns[i - 1].group != c.group}
+    stub = _stub_after(columns)
     head = "".join(
         f'<th data-key="{c.key}" class="{_classes(c, i in firsts)}" title="click to sort">'
-        f"{_header_html(c.header)}</th>" for i, c in enumerate(columns))
+        f"{_header_html(c.header)}</th>" + ('<th class="stub first">…</th>' if i == stub else "")
+        for i, c in enumerate(columns))
     body = []
     for r in rows:
         cells = []
@@ -135,7 +147,7 @@ def _table(index: int, rows: list[dict], columns: list, format_cell: Callable[[A
             if c.key == "autoattack_acc" and r["_score_source"] == "pgd":
                 shown += " †"
             cells.append(f'<td class="{_classes(c, i in firsts)}" data-value="{html.escape(_raw(r[c.key]))}">'
-                         f"{html.escape(shown)}</td>")
+                         f"{html.escape(shown)}</td>" + ('<td class="stub first">…</td>' if i == stub else ""))
         body.append(f'<tr data-name="{html.escape(str(r["name"]))}">' + "".join(cells) + "</tr>")
     return (f'<table class="leaderboard" id="leaderboard-{index}"><thead>{_group_header(columns)}'
             f'<tr class="cols">{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')

@@ -13,7 +13,8 @@ from regcollide.reports.leaderboard import load_entries, rank_entries, table_row
 def fake_entry(name: str, aa: float | None, pgd: float, nu: int = 2, mu: int = 2, nullity: int = 10,
                first: int = 5, clean: float = 0.95, eps_star: float = 0.05, steps: float = 5.0,
                pgd_flags: tuple = (), regs: tuple = (), sigma_ratio: float = 0.1, cosine: float = 0.5) -> dict:
-    """A minimal eval entry with the DESIGN.md keys (numbers chosen by each test)."""
+    """A minimal eval entry with the eval-entry keys of docs/design.md, threat model (dataset, norm, ε, n)
+    included (numbers chosen by each test)."""
     layers = [{"name": f"l{i}", "kind": "linear", "out_dim": 4, "in_dim": 8, "rank": 4, "nullity": 4,
                "structural_nullity": 4, "sigma_min": sigma_ratio * (i + 1), "sigma_max": float(i + 1),
                "max_cosine": cosine} for i in range(2)]
@@ -21,10 +22,11 @@ def fake_entry(name: str, aa: float | None, pgd: float, nu: int = 2, mu: int = 2
         "name": name, "model": "mlp", "width": 1.0, "dataset": "mnist5k", "seed": 0, "versions": {},
         "training": {"regularizers": [{"name": r, "weight": 0.1, "params": {}} for r in regs]},
         "clean_acc": clean,
-        "pgd": {"norm": "linf", "eps": 0.1, "steps": 10, "restarts": 1, "clean_acc": clean, "robust_acc": pgd,
+        "pgd": {"norm": "linf", "eps": 0.1, "n": 200, "steps": 10, "restarts": 1, "clean_acc": clean,
+                "robust_acc": pgd,
                 "median_eps_star": eps_star, "mean_steps_to_success": steps, "curve": [],
                 "flags": [{"id": f, "message": f"check {f} failed"} for f in pgd_flags]},
-        "autoattack": None if aa is None else {"robust_acc": aa, "clean_acc": clean, "flags": [],
+        "autoattack": None if aa is None else {"robust_acc": aa, "clean_acc": clean, "flags": [], "n": 100,
                                                "pgd_robust_acc_same_subset": pgd},
         "audit": {"nu": nu, "mu": mu, "n_weights": 3, "nu_frac": nu / 3, "mu_frac": mu / 3,
                   "total_nullity": nullity, "first_nullity": first, "structural_nullity": 8,
@@ -73,7 +75,7 @@ def test_outputs_written(tmp_path):
     assert float(rows[1]["autoattack_acc"]) == pytest.approx(20.0)
     assert rows[0]["autoattack_acc"] == "" and rows[0]["ranked_by"] == "pgd"
     assert float(rows[1]["pgd_acc_aa_subset"]) == pytest.approx(30.0) and rows[0]["pgd_acc_aa_subset"] == ""
-    assert "PGD % (AA images)" in md and "the first" in md
+    assert "PGD % (AA images)" in md and "AutoAttack on the first 100 of those same images" in md
 
     page = paths["html"].read_text()
     assert "<script>" in page and "<style>" in page

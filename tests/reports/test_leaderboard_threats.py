@@ -250,3 +250,10 @@ def test_full_disk_during_write_is_one_line(tmp_path, monkeypatch):
     result = CliRunner().invoke(leaderboard, [str(src), "--out", str(tmp_path / "out")])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.count("\n") == 1 and "No space left on device" in result.output
+
+
+def test_footnote_without_recorded_sample_sizes():
+    e = fake_entry("a", aa=0.1, pgd=0.2)
+    del e["pgd"]["n"], e["autoattack"]["n"]
+    md = to_markdown(table_rows([e]))
+    assert "PGD on test images" in md and "AutoAttack on a prefix of those same images" in md
