@@ -12,6 +12,7 @@ from regcollide.commands.options import (
     out_option,
     user_errors,
 )
+from regcollide.commands.types import count, finite
 
 MODES = ("repeat", "per_patch", "random", "masked")
 
@@ -19,16 +20,16 @@ MODES = ("repeat", "per_patch", "random", "masked")
 @click.command("nullspace")
 @model_options
 @data_options(default_n=16)
-@click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+@click.option("--beta", type=finite(0, 1e6, min_open=True), default=1.0, show_default=True,
               help="Size β of the unit kernel vector on each patch (‖P‖₂ = β for a Linear first layer).")
 @click.option("--mode", type=click.Choice(MODES), default="repeat", show_default=True,
               help="repeat: one kernel vector on every patch; per_patch: a different one per patch; random: "
                    "random combinations; masked: only patches inside a centred region (β_i = 0 elsewhere).")
-@click.option("--collisions", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--collisions", type=count(1, 10_000), default=1, show_default=True,
               help="Distinct colliding images per input.")
 @click.option("--valid-image", is_flag=True,
               help="Keep every colliding image in [0, 1] while staying exactly in the kernel (no clipping).")
-@click.option("--adversarial-eps", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--adversarial-eps", type=finite(0, 1, min_open=True), default=None,
               help="Also build colliding adversarial examples (Eq. 7): L∞ PGD at this ε, then kernel "
                    "perturbations inside the same ε-ball.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
@@ -50,6 +51,7 @@ def nullspace(model, checkpoint, data, n, seed, beta, mode, collisions, valid_im
     from regcollide.attacks.nullspace.search import evaluate_nullspace
     from regcollide.io import write_json
 
+    folder = ensure_out(out)  # before the attack: a bad --out must not cost a whole run
     net, images, labels, info = load_model_and_data(model, checkpoint, data, n, seed)
     result, output = evaluate_nullspace(net, images, labels, beta=beta, mode=mode, collisions=collisions,
                                         valid_image=valid_image, seed=seed, name=info["name"], progress=progress,
@@ -66,7 +68,6 @@ def nullspace(model, checkpoint, data, n, seed, beta, mode, collisions, valid_im
         adversarial = colliding_adversarial(net, images, logits.argmax(1), eps=adversarial_eps,
                                             collisions=max(collisions, 2), beta=beta, seed=seed)
         entry["colliding_adversarial"] = adversarial.to_dict()
-    folder = ensure_out(out)
     write_json(entry, folder / "results.json")
     save_grid(folder / "grid.png", images, output.images, output.reference_outputs, output.colliding_outputs,
               collisions=collisions, exact=result.exact)
@@ -74,12 +75,16 @@ def nullspace(model, checkpoint, data, n, seed, beta, mode, collisions, valid_im
     click.echo(f"{info['name']}: first layer '{result.first_layer}' ({result.kind}), nullity {result.nullity}: "
                f"{verdict}")
     click.echo(f"max relative output residual {result.max_rel_output_residual:.3g}  "
+               f"first layer {result.max_rel_first_layer_residual:.3g}  "
                f"same-norm noise {result.noise_min_rel_output_residual:.3g}  "
                f"prediction agreement {result.prediction_agreement:.3f}")
+    moved = "n/a" if result.relative_distance is None else f"{result.relative_distance:.3f}"
+    click.echo(f"valid colliding images (in [0, 1], exact, moved >= 1/255): {result.valid_count} of "
+               f"{result.n * result.collisions}; moved {moved} of the median distance between two inputs")
     if not result.exact:
         click.echo(f"reason: {result.reason}", err=True)
     if adversarial_eps is not None:
         adv = entry["colliding_adversarial"]
-        click.echo(f"colliding adversarial examples: {adv['count']} within ε={adversarial_eps:g}, "
-                   f"agreement with x′ {adv['agreement_with_adversarial']:.3f}")
+        click.echo(f"colliding adversarial examples: {adv['count']} distinct (>= {adv['min_distance']:.3g} apart "
+                   f"in L2) within ε={adversarial_eps:g}, agreement with x′ {adv['agreement_with_adversarial']:.3f}")
     click.echo(f"wrote {folder / 'results.json'} and {folder / 'grid.png'}")

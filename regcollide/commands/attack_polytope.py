@@ -12,6 +12,7 @@ from regcollide.commands.options import (
     out_option,
     user_errors,
 )
+from regcollide.commands.types import count, finite
 
 POOL = 1000  # extra test images: the 'other' starts and the dataset distance (>= 1000 pairs) come from them
 
@@ -21,19 +22,21 @@ POOL = 1000  # extra test images: the 'other' starts and the dataset distance (>
 @data_options(default_n=4)
 @click.option("--layer", default=None, metavar="NAME",
               help="Module whose output feeds a ReLU [default: the first one]; a wrong name lists the valid ones.")
-@click.option("--vertices", type=click.IntRange(min=2), default=5, show_default=True,
+@click.option("--vertices", type=count(2, 1000), default=5, show_default=True,
               help="K, vertices per polytope (one per pushed inactive unit).")
-@click.option("--samples", type=click.IntRange(min=1), default=2000, show_default=True,
+@click.option("--samples", type=count(1, 10**7), default=2000, show_default=True,
               help="Dirichlet(1) convex combinations sampled per target (and sphere points for the control).")
 @click.option("--loss", type=click.Choice(["hinge", "li2019"]), default="hinge", show_default=True,
               help="Hold of the other inactive units: hinge (<= 0) or li2019 (absolute value, the original).")
 @click.option("--init", type=click.Choice(["target", "other"]), default="target", show_default=True,
               help="Start the vertices at the target or at an image of another class (Li et al., Table 1).")
-@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True, help="Adam steps per target.")
-@click.option("--beta", type=click.FloatRange(min=0), default=0.001, show_default=True,
+@click.option("--steps", type=count(1, 10**7), default=20000, show_default=True,
+              help="Budget: at most this many Adam steps; the stopping rule (spread plateaued, residual <= 1%) "
+                   "usually ends earlier, and a search that hits the budget is flagged, not reported.")
+@click.option("--beta", type=finite(0, 1e6), default=0.001, show_default=True,
               help="Weight of the push term against the collision term.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.03, show_default=True,
-              help="Initial Adam learning rate (cosine decay to 1%).")
+@click.option("--lr", type=finite(0, 10, min_open=True), default=0.03, show_default=True,
+              help="Constant Adam learning rate (constant, so the stopping rule, not the budget, sets the result).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 @out_option("out/polytope")
 @user_errors
@@ -52,6 +55,7 @@ def polytope(model, checkpoint, data, n, seed, layer, vertices, samples, loss, i
     from regcollide.data import adapt_images, load_tensors
     from regcollide.io import write_json
 
+    folder = ensure_out(out)  # before the search: a bad --out must not cost a whole run
     net, targets, target_labels, info = load_model_and_data(model, checkpoint, data, n, seed)
     pool, pool_labels = load_tensors(info.get("data") or data, "test", n=POOL, seed=seed + 1)
     pool = adapt_images(pool, *info["input_shape"][:2])  # same geometry as the targets
@@ -63,10 +67,14 @@ def polytope(model, checkpoint, data, n, seed, layer, vertices, samples, loss, i
                                steps=steps, lr=lr, seed=seed, progress=progress)
     entry = result.to_dict() | {"model": info["name"], "data": info.get("data") or data,
                                 "checkpoint": info.get("checkpoint")}
-    folder = ensure_out(out)
     write_json(entry, folder / "results.json")
     plot_polytope(result, folder / "polytope.png")
+    ratio = "n/a" if result.distance_ratio is None else f"{result.distance_ratio:.4f}"
     click.echo(f"layer {result.layer}: success {result.success_rate:.4f}  top prob {result.mean_top_prob:.4f}  "
-               f"distance ratio {result.distance_ratio:.4f}  max residual {result.max_rel_feature_residual:.4g}  "
+               f"distance ratio {ratio}  max residual {result.max_rel_feature_residual:.4g}  "
                f"ball control {entry['ball_success_rate']:.4f}")
+    click.echo(f"converged {entry['converged_targets']}/{entry['targets']} targets (steps used {entry['steps_used']} "
+               f"of {entry['steps']}), failed {entry['failed_targets']}, valid {entry['valid_targets']}")
+    for flag in entry["flags"]:
+        click.echo(f"{flag['severity']}: {flag['message']}", err=True)
     click.echo(f"wrote {folder / 'results.json'} and {folder / 'polytope.png'}")

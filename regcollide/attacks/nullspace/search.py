@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from regcollide._modes import eval_mode
+from regcollide.attacks.checks import Flag, check_batch
 from regcollide.attacks.nullspace.basis import KernelPlan, NullspaceError, build_plan
 from regcollide.attacks.nullspace.outputs import call_model, compare, first_call_hook, is_detection_model, split_output
 from regcollide.attacks.nullspace.perturb import MODES, default_mask, make_perturbations, masked_basis, project_into_box
@@ -40,6 +41,8 @@ EXACT_TOLERANCE = 1e-5
 # Two images closer than one 8-bit grey level (1/255) in L2 are the same picture once saved; float32
 # round-off differences (~1e-10) are far below it. Collisions that moved less do not count as found.
 MIN_DISTANCE = 1 / 255
+NOT_EXACT = "not_exact"
+STRUCTURE_MISMATCH = "output_structure_mismatch"
 
 
 @dataclass
@@ -234,7 +237,7 @@ class NullspaceResult:
     valid_found: bool  # valid_count > 0: valid colliding images exist for these inputs
     relative_distance: float | None  # l2_mean / median pairwise L2 distance of the input images (None if N < 2)
     median_image_distance: float | None
-    flags: list[str] = field(default_factory=list)
+    flags: list[Flag] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -261,6 +264,7 @@ def evaluate_nullspace(model: nn.Module, images: Tensor, labels: Tensor | None =
     Raises :class:`NullspaceError` (a ValueError) for models outside the method's scope, e.g. a first
     layer of nullity 0.
     """
+    check_batch(images, labels)  # finite, in [0, 1]: the evaluator contract
     del labels
     images = images[:n] if n is not None else images
     search = NullspaceSearch(model, beta=beta, mode=mode, collisions=collisions, valid_image=valid_image,
@@ -271,8 +275,10 @@ def evaluate_nullspace(model: nn.Module, images: Tensor, labels: Tensor | None =
     worst = float(out.rel_output_residual.max())
     ratio = float(out.first_layer_ratio.max())
     plan = out.plan
-    flags = (["not_exact"] if not out.exact else []) + (["output_structure_mismatch"] if any(out.mismatched)
-                                                         else [])
+    flags = [Flag(NOT_EXACT, out.reason)] if not out.exact else []
+    if any(out.mismatched):
+        flags.append(Flag(STRUCTURE_MISMATCH, "some collisions change the output structure (e.g. the number "
+                                              "of detections): they are not collisions", "error"))
     median = median_pairwise_distance(images)
     valid = valid_collisions(out, step)
     result = NullspaceResult(

@@ -51,8 +51,9 @@ def plot_polytope(result, path: str | Path, class_names: list[str] | None = None
             _show(row[1 + k + i], ex["samples"][i], f"sample {i + 1}\n{name(ex['sample_pred'][i])} "
                                                      f"({ex['sample_prob'][i]:.2f})")
     d = result.to_dict()
+    ratio = "n/a (no converged collision)" if d["distance_ratio"] is None else f"{d['distance_ratio']:.2f}"
     fig.suptitle(f"Polytope search at layer {d['layer']!r} ({d['loss']}, init={d['init']}): "
-                 f"success {d['success_rate']:.1%}, distance ratio {d['distance_ratio']:.2f}, "
+                 f"success {d['success_rate']:.1%}, distance ratio {ratio}, "
                  f"max residual {d['max_rel_feature_residual']:.2%}", fontsize=8)
     fig.tight_layout()
     path = Path(path)
