@@ -5,13 +5,17 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
+from pathlib import Path
 
 import click
 
 from regcollide.commands.options import DATA_HELP, load_model, model_options, user_errors
+from regcollide.commands.types import finite
 
 LAYER_COLUMNS = ("name", "kind", "out_dim", "in_dim", "rank", "nullity", "structural_nullity",
-                 "excess_nullity", "sigma_min", "sigma_max", "tol", "max_cosine", "method")
+                 "excess_nullity", "expected_random_excess", "sigma_min", "sigma_max", "tol", "max_cosine",
+                 "method")
 SUMMARY_KEYS = ("model", "convention", "n_weights", "nu", "mu", "nu_frac", "mu_frac", "total_nullity",
                 "structural_nullity", "excess_nullity", "first_nullity", "first_layer", "first_layer_source")
 
@@ -32,7 +36,7 @@ def format_table(result: dict, per_layer: bool) -> str:
     if per_layer:
         rows = [[_cell(layer[c]) for c in LAYER_COLUMNS] for layer in result["layers"]]
         totals = ["TOTAL", f"{result['n_weights']} matrices", "", "", "", _cell(result["total_nullity"]),
-                  _cell(result["structural_nullity"]), _cell(result["excess_nullity"]), "", "", "", "", ""]
+                  _cell(result["structural_nullity"]), _cell(result["excess_nullity"]), "", "", "", "", "", ""]
         widths = [max(len(c), *(len(r[i]) for r in [*rows, totals])) for i, c in enumerate(LAYER_COLUMNS)]
 
         def fmt(row: list[str]) -> str:
@@ -54,8 +58,35 @@ def format_table(result: dict, per_layer: bool) -> str:
         f"excess {result['excess_nullity']:,})",
         f"nullity(W1)    {result['first_nullity']:,}  ({first['name']}, {first['out_dim']}x{first['in_dim']}, "
         f"found by {result['first_layer_source']} order)",
+        *_sensitivity_lines(result.get("tolerance_sensitivity") or []),
     ]
     return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def _sensitivity_lines(rows: list[dict]) -> list[str]:
+    """nu and excess nullity at multiples of the tolerance, next to what random weights would give."""
+    if not rows:
+        return []
+    lines = ["", "tolerance sensitivity (excess nullity near the random-init expectation, or vanishing at 0.1x, "
+                 "is float noise):", "  tol x     nu   excess   expected at random init"]
+    for row in rows:
+        expected = "-" if row["expected_random_excess"] is None else f"{row['expected_random_excess']:.2f}"
+        lines.append(f"  {row['factor']:<6g}{row['nu']:>5}{row['excess_nullity']:>9,}   {expected}")
+    return lines
+
+
+def check_out_file(out: str) -> None:
+    """Refuse an --out the report cannot be written to, before the (possibly long) audit runs."""
+    path = Path(out)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise click.BadParameter(f"{out} is a folder; give a file name", param_hint="--out")
+    if not parent.is_dir():
+        what = "a file" if any(p.is_file() for p in [parent, *parent.parents]) else "missing"
+        raise click.BadParameter(f"the folder of {out} is {what}; give a file in an existing folder",
+                                 param_hint="--out")
+    if not os.access(parent, os.W_OK | os.X_OK) or path.exists() and not os.access(path, os.W_OK):
+        raise click.BadParameter(f"{out} is not writable; choose a writable location", param_hint="--out")
 
 
 def format_csv(result: dict, per_layer: bool) -> str:
@@ -80,9 +111,14 @@ def format_csv(result: dict, per_layer: bool) -> str:
 @click.option("--convention", type=click.Choice(["paper", "grouped"]), default="paper", show_default=True,
               help="paper: ConvNd as weight.reshape(out, -1) (Ozbulak et al. Table 1); grouped: one block per "
                    "group, nullity summed.")
-@click.option("--rtol", type=click.FloatRange(min=0), default=None,
+@click.option("--rtol", type=finite(0), default=None,
               help="Relative rank tolerance (tol = max(atol, rtol*sigma_max)) [default: max(out, in)*eps].")
-@click.option("--atol", type=click.FloatRange(min=0), default=None, help="Absolute rank tolerance.")
+@click.option("--atol", type=finite(0), default=None, help="Absolute rank tolerance.")
+@click.option("--layers", "layer_set", type=click.Choice(["all", "paper"]), default="all", show_default=True,
+              help="all: every Linear/Conv/ConvTranspose/attention matrix; paper: Ozbulak et al.'s Table 1 set "
+                   "(no ConvTranspose).")
+@click.option("--cosines/--no-cosines", default=True, show_default=True,
+              help="Largest cosine between two rows of each matrix (costly for tall matrices).")
 @click.option("--per-layer", is_flag=True, help="Table/CSV: one row per weight matrix (JSON always has them).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
@@ -95,21 +131,26 @@ def format_csv(result: dict, per_layer: bool) -> str:
               help=f"Geometry source for registry models. {DATA_HELP}")
 @click.option("--progress/--no-progress", default=False, show_default=True, help="Show a progress bar.")
 @user_errors
-def audit(model, checkpoint, convention, rtol, atol, per_layer, fmt, out, input_size, data, progress) -> None:
+def audit(model, checkpoint, convention, rtol, atol, layer_set, cosines, per_layer, fmt, out, input_size, data,
+          progress) -> None:
     """Rank, nullity and singular values of every weight matrix of MODEL; nu, mu and nullity(W1).
 
-    MODEL is a registry name, timm:<name> or tv:<name> (random init), or the model of --checkpoint RUN
-    (trained weights). Excess nullity, and therefore nu, is only informative for trained weights.
+    MODEL is a registry name, timm:<name> or tv:<name> (random init unless --pretrained/--weights), or the
+    model of --checkpoint RUN (trained weights). The report shows nu and the excess nullity at 0.1x-100x
+    the tolerance next to the count random weights of the same shapes would give, to tell trained rank
+    deficiency from float noise.
 
     Example: regcollide audit tv:alexnet --per-layer
     """
     from regcollide.audit.spectrum import audit as run_audit
     from regcollide.io import dumps
 
+    if out:
+        check_out_file(out)
     net, info = load_model(model, checkpoint, data)
     shape = tuple(input_size) if input_size else tuple(info["input_shape"])
     result = run_audit(net, input_shape=shape, convention=convention, rtol=rtol, atol=atol, progress=progress,
-                       name=info.get("name") or model).to_dict()
+                       name=info.get("name") or model, layer_set=layer_set, cosines=cosines).to_dict()
     result["checkpoint"] = info.get("checkpoint")
     if fmt == "json":
         text = dumps(result)

@@ -1,0 +1,77 @@
+"""The certified fast path: Rump's Cholesky test, Lanczos estimates, and ranks equal to matrix_rank's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from regcollide.audit.certify import gram, is_positive_definite, lanczos_top
+from regcollide.audit.rank import NonFiniteWeightsError, ranks_of
+
+
+def with_spectrum(sigma: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    m = sigma.numel()
+    u, _ = torch.linalg.qr(torch.randn(m, m, generator=gen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n, m, generator=gen, dtype=torch.float64))
+    return u @ torch.diag(sigma) @ v.T  # (m, n) with singular values sigma
+
+
+def test_positive_definite_certificate_accepts_clear_cases_and_refuses_indefinite_or_tiny_ones():
+    gen = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(150, 150, generator=gen, dtype=torch.float64))
+    spectra = [torch.linspace(1, 2, 150), torch.cat([torch.tensor([-1e-9]), torch.linspace(1, 2, 149)]),
+               torch.cat([torch.tensor([1e-16]), torch.linspace(1, 2, 149)])]
+    mats = torch.stack([q @ torch.diag(s.double()) @ q.T for s in spectra])
+    ok, factor, shift = is_positive_definite(mats)
+    assert ok.tolist() == [True, False, False]  # 1e-16 is below the rounding shift: not certifiable
+    assert float(shift[0]) > 0 and torch.allclose(factor[0] @ factor[0].T, mats[0] - shift[0] * torch.eye(150))
+
+
+def test_lanczos_top_matches_the_largest_eigenvalue_of_a_random_gram():
+    gen = torch.Generator().manual_seed(1)
+    grams = gram(torch.randn(2, 300, 700, generator=gen))  # (2, 300, 300)
+    top = lanczos_top(lambda q: (grams @ q[:, :, None])[:, :, 0], (2, 300), 40, torch.float64, "cpu")
+    exact = torch.linalg.eigvalsh(grams)[:, -1]
+    assert torch.allclose(top, exact, rtol=1e-6) and bool((top <= exact * (1 + 1e-12)).all())
+
+
+def test_full_rank_matrices_take_the_certificate_and_agree_with_matrix_rank():
+    gen = torch.Generator().manual_seed(2)
+    mats = [torch.randn(200, 600, generator=gen), torch.randn(700, 200, generator=gen)]
+    infos = ranks_of(mats, cosines=False)
+    assert [info.method for info in infos] == ["cholesky", "cholesky"]
+    assert [info.rank for info in infos] == [int(torch.linalg.matrix_rank(m)) for m in mats] == [200, 200]
+    for mat, info in zip(mats, infos, strict=True):
+        sigma = torch.linalg.svdvals(mat.double())
+        assert info.sigma_max == pytest.approx(float(sigma[0]), rel=1e-6)
+        assert info.sigma_min == pytest.approx(float(sigma[-1]), rel=1e-3)
+
+
+@pytest.mark.parametrize("factor", [0.5, 1 - 1e-6, 1 + 1e-6, 2.0])
+def test_a_singular_value_at_the_threshold_leaves_the_certificate_and_still_agrees(factor):
+    n = 400
+    rtol = n * torch.finfo(torch.float32).eps
+    sigma = torch.linspace(1.0, 0.3, 200, dtype=torch.float64)
+    sigma[-1] = rtol * factor
+    mat = with_spectrum(sigma, n, seed=3).float()
+    (info,) = ranks_of([mat], cosines=False, factors=(0.1, 10.0))
+    assert info.method != "cholesky"
+    assert info.rank == int(torch.linalg.matrix_rank(mat))
+    assert list(info.ranks_at) == [int(torch.linalg.matrix_rank(mat, rtol=f * rtol)) for f in (0.1, 10.0)]
+
+
+def test_nan_or_inf_weights_are_refused_with_one_clear_error():
+    for bad in (float("nan"), float("inf")):
+        mat = torch.randn(50, 80)
+        mat[3, 4] = bad
+        with pytest.raises(NonFiniteWeightsError, match="NaN or inf"):
+            ranks_of([mat])
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
+def test_bad_tolerances_are_refused(value):
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        ranks_of([torch.randn(4, 4)], rtol=value)
+    with pytest.raises(ValueError, match="factors"):
+        ranks_of([torch.randn(4, 4)], factors=(value,))
