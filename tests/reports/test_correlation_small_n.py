@@ -12,12 +12,13 @@ from click.testing import CliRunner
 from scipy import stats
 from test_correlation import zoo
 from test_leaderboard import fake_entry
+from test_leaderboard_threats import _study_entries
 
 from regcollide.commands.correlate import correlate
 from regcollide.reports.correlation import MIN_N, correlate_entries
 from regcollide.reports.correlation_report import markdown_report
 from regcollide.reports.correlation_stats import most_influential, permutation_pvalues
-from regcollide.reports.entries import MixedThreatModelsError
+from regcollide.reports.entries import MixedThreatModelsError, load_entries
 
 
 def _write(folder, entries):
@@ -167,3 +168,18 @@ def test_malformed_entry_is_one_line_and_the_others_are_used(tmp_path):
     skipped = [line for line in result.output.splitlines() if line.startswith("skipped:")]
     assert len(skipped) == 1 and "bad.json" in skipped[0] and "'pgd.robust_acc' must be a finite number" in skipped[0]
     assert json.loads((tmp_path / "o" / "correlations.json").read_text())["n_models"] == 6
+
+
+def test_study_pearson_findings_are_driven_by_the_two_vit_models():
+    # The claim in docs/reports.md, on the committed study entries: Pearson tests that survive Holm do so
+    # only with normal-theory p-values, and each loses significance without the two ViT models.
+    study = correlate_entries(load_entries(_study_entries()), n_boot=100)
+    checked = [t for t in study.tests if t.influence_p]
+    assert len(checked) == 4 and all(t.influence_p == "normal" for t in checked)
+    assert not any(t.pearson_significant for t in study.tests)
+    assert all(sorted(t.influential) == ["vit-w0.5", "vit-w1"] and not any(t.pearson_survives_without)
+               for t in checked)
+    report = markdown_report(study, None)
+    assert ("4 Pearson tests survive Holm with normal-theory p-values (which assume bivariate normality) and 0 "
+            "with permutation p-values") in report
+    assert "the models that drive them: vit-w0.5, vit-w1" in report
