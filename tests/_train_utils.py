@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from regcollide.evaluation.inputs import torch_threads
 
 DUMMY_BATCH = {"image": torch.zeros(1, 1), "label": torch.zeros(1, dtype=torch.long),
                "index": torch.zeros(1, dtype=torch.long)}
@@ -49,17 +50,6 @@ def mnist_tensors(split: str, n: int | None = None) -> tuple[torch.Tensor, torch
     if key not in _DATA_CACHE:
         _DATA_CACHE[key] = load_tensors("mnist5k", split, n=n, seed=0)
     return _DATA_CACHE[key]
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run with ``n`` torch threads, restoring the previous count (the library sets train.num_threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def library_train(overrides: Sequence[str], out_dir: str | os.PathLike, **kwargs):
