@@ -105,3 +105,24 @@ def test_restores_training_mode_and_rejects_bad_input(trained_mlp):
         PGD(trained_mlp, restarts=3, random_start=False)
     with pytest.raises(ValueError, match="target_labels"):
         PGD(trained_mlp, targeted=True)(images, labels)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -0.1, 0.0])
+def test_budgets_must_be_finite_and_positive(trained_mlp, mnist_test, bad):
+    images, labels = mnist_test[0][:4], mnist_test[1][:4]
+    with pytest.raises(ValueError, match="finite number > 0"):
+        PGD(trained_mlp, eps=bad)
+    per_sample = torch.tensor([0.1, bad, 0.1, 0.1])
+    with pytest.raises(ValueError, match="finite number > 0"):
+        PGD(trained_mlp, eps=0.1, steps=2)(images, labels, eps=per_sample)
+
+
+def test_target_labels_are_checked(trained_mlp, mnist_test):
+    images, labels = mnist_test[0][:4], mnist_test[1][:4]
+    attack = PGD(trained_mlp, eps=0.1, steps=2, targeted=True)
+    with pytest.raises(ValueError, match="integer class indices"):
+        attack(images, labels, target_labels=labels.float())
+    with pytest.raises(ValueError, match="integer class indices"):
+        attack(images, labels, target_labels=labels[:3])
+    with pytest.raises(ValueError, match=">= 0"):
+        attack(images, labels, target_labels=torch.tensor([1, -1, 2, 3]))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from regcollide.attacks.checks import Flag
 from regcollide.attacks.pgd.attack import PGD
 from regcollide.attacks.pgd.ease import evaluate_pgd
 from regcollide.data import load_tensors
@@ -107,3 +108,50 @@ def test_bad_arguments(trained_mlp):
         evaluate_pgd(trained_mlp, images, labels, eps=0.1, eps_max=0.05)
     with pytest.raises(ValueError, match="norm"):
         evaluate_pgd(trained_mlp, images, labels, norm="l1")
+
+
+def test_median_states_its_population_and_the_all_sample_median(ease, trained_mlp):
+    result, images, labels = ease
+    with torch.no_grad():
+        correct = (trained_mlp(images).argmax(1) == labels).numpy()
+    star = np.array(result.eps_star)  # misclassified samples hold 0
+    assert not correct.all() and (star[~correct] == 0).all()
+    assert result.median_eps_star_population == "correct"
+    assert result.median_eps_star == pytest.approx(float(np.median(star[correct])))
+    assert result.median_eps_star_all == pytest.approx(float(np.median(star)))
+    # misclassified samples at ε* = 0 can only pull the median down
+    assert result.median_eps_star_all <= result.median_eps_star
+    data = result.to_dict()
+    assert data["median_eps_star_population"] == "correct" and "median_eps_star_all" in data
+
+
+def test_all_sample_median_counts_misclassified_as_zero():
+    # A constant model is right on one class only: the all-sample median is 0 when most are wrong.
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.copy_(torch.arange(10.0))  # always predicts class 9
+    images, _ = load_tensors("mnist5k", "test", n=40)
+    labels = torch.zeros(40, dtype=torch.long)
+    labels[:5] = 9  # 5 of 40 correct
+    result = evaluate_pgd(model, images, labels, eps=0.05, steps=3, bisection_steps=2, checks=False)
+    assert result.clean_acc == pytest.approx(5 / 40)
+    assert result.median_eps_star_all == 0.0
+    assert result.median_eps_star > 0  # the constant model is never broken: censored at eps_max
+    assert result.median_censored
+
+
+def test_bisection_shows_one_labelled_bar(trained_mlp, capsys):
+    images, labels = load_tensors("mnist5k", "test", n=40)
+    evaluate_pgd(trained_mlp, images, labels, eps=0.05, steps=3, bisection_steps=3, checks=False, progress=True)
+    err = capsys.readouterr().err
+    assert "ε* bisection step 3/3" in err
+    after = err.split("ε*", 1)[1]
+    assert "PGD-3 linf:" not in after  # only the fixed-ε run has a PGD bar; the bisection's calls show none
+
+
+def test_flags_are_typed(trained_mlp):
+    images, labels = load_tensors("mnist5k", "test", n=64)
+    result = evaluate_pgd(trained_mlp, images, labels, eps=0.02, steps=3, bisection_steps=1, check_n=16)
+    assert all(isinstance(flag, Flag) for flag in result.flags)
+    assert all(set(flag) == {"id", "message", "severity"} for flag in result.to_dict()["flags"])

@@ -9,11 +9,13 @@ PGD ease (ε*, the success curve and the sanity flags) is built on this attack i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from regcollide._modes import eval_mode
 
@@ -76,8 +78,8 @@ class PGD:
                  batch_size: int = 256, seed: int = 0, early_stop: bool = True, progress: bool = False):
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
+        if not (eps > 0 and math.isfinite(eps)):
+            raise ValueError(f"eps must be a finite number > 0, got {eps}")
         if steps < 1 or restarts < 1 or batch_size < 1:
             raise ValueError("steps, restarts and batch_size must be >= 1")
         if restarts > 1 and not random_start:
@@ -96,12 +98,9 @@ class PGD:
             raise ValueError("pass target_labels exactly when targeted=True")
         n = images.shape[0]
         eps_all = self.eps if eps is None else eps
-        if isinstance(eps_all, Tensor) and eps_all.shape != (n,):
-            raise ValueError(f"a per-sample eps must have shape ({n},), got {tuple(eps_all.shape)}")
-        if isinstance(eps_all, Tensor) and not bool((eps_all > 0).all()):
-            raise ValueError("every per-sample eps must be > 0")
-        if target_labels is not None and target_labels.shape != labels.shape:
-            raise ValueError(f"target_labels must have shape {tuple(labels.shape)}")
+        _check_eps(eps_all, n)
+        if target_labels is not None:
+            _check_targets(target_labels, labels)
         adv = images.detach().clone()
         success = torch.zeros(n, dtype=torch.bool, device=images.device)
         first = torch.full((n,), -1, dtype=torch.long, device=images.device)
@@ -109,7 +108,6 @@ class PGD:
         with eval_mode(self.model):
             chunks = range(0, n, self.batch_size)
             if self.progress:
-                from tqdm.auto import tqdm
                 chunks = tqdm(chunks, desc=f"PGD-{self.steps} {self.norm}", unit="batch")
             for start in chunks:
                 ids = torch.arange(start, min(start + self.batch_size, n), device=images.device)
@@ -197,6 +195,26 @@ class PGD:
 def _take(value, mask: Tensor):
     """Select rows of a per-sample tensor; pass python floats through."""
     return value[mask] if isinstance(value, Tensor) else value
+
+
+def _check_eps(eps: float | Tensor, n: int) -> None:
+    """A budget is a finite number > 0, or one per sample of shape (n,): NaN, inf and ≤ 0 are refused."""
+    if isinstance(eps, Tensor):
+        if eps.shape != (n,):
+            raise ValueError(f"a per-sample eps must have shape ({n},), got {tuple(eps.shape)}")
+        if not bool((torch.isfinite(eps) & (eps > 0)).all()):
+            raise ValueError("every per-sample eps must be a finite number > 0 (got NaN, inf or <= 0)")
+    elif not (eps > 0 and math.isfinite(eps)):
+        raise ValueError(f"eps must be a finite number > 0, got {eps}")
+
+
+def _check_targets(target_labels: Tensor, labels: Tensor) -> None:
+    """Target labels: one non-negative integer class per image."""
+    if target_labels.shape != labels.shape or target_labels.is_floating_point() or target_labels.is_complex():
+        raise ValueError(f"target_labels must be integer class indices of shape {tuple(labels.shape)}, got "
+                         f"{tuple(target_labels.shape)} {target_labels.dtype}")
+    if target_labels.numel() and int(target_labels.min()) < 0:
+        raise ValueError("target_labels must be class indices >= 0")
 
 
 def _check_inputs(images: Tensor, labels: Tensor) -> None:

@@ -7,6 +7,7 @@ and the success-vs-ε curve with its area, plus the sanity flags of `regcollide.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -14,9 +15,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from regcollide._modes import eval_mode
 from regcollide.attacks import checks as sanity
+from regcollide.attacks.checks import Flag
 from regcollide.attacks.pgd.attack import NORMS, PGD
 
 
@@ -33,7 +36,9 @@ class PGDResult:
     n: int
     clean_acc: float
     robust_acc: float
-    median_eps_star: float
+    median_eps_star: float  # over median_eps_star_population: correctly classified samples only
+    median_eps_star_all: float  # over all n samples, misclassified clean inputs counted as ε* = 0
+    median_eps_star_population: str  # "correct": which samples median_eps_star is taken over
     mean_steps_to_success: float
     curve: list[dict]  # [{eps, success_rate, robust_acc}], success_rate among correctly classified samples
     curve_area: float
@@ -43,7 +48,7 @@ class PGDResult:
     eps_star: list[float]  # per sample; 0 for misclassified clean inputs, eps_max when censored
     eps_star_censored: list[bool]
     bisection_steps: int
-    flags: list[dict] = field(default_factory=list)
+    flags: list[Flag] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -70,7 +75,10 @@ def evaluate_pgd(model: nn.Module, images: Tensor, labels: Tensor, norm: str = "
         samples broken at ε, by construction, even though PGD success is not monotone in ε. The step size
         scales with the probe's ε (α/ε fixed), so the probe at ε equals the fixed-ε run.
       * ``median_eps_star`` is the median over correctly classified samples, censored ones counted at
-        eps_max (a lower bound of their true ε*; ``median_censored`` says when the median itself is one).
+        eps_max (a lower bound of their true ε*; ``median_censored`` says when the median itself is one);
+        ``median_eps_star_population`` says so ("correct"). It depends on clean accuracy through the
+        population it is taken over, so ``median_eps_star_all`` gives the median over all n samples with
+        misclassified ones at ε* = 0 (the budget at which they are already broken).
       * The curve is the empirical CDF of ε* among correctly classified samples, so it is monotone by
         construction and agrees with ``robust_acc`` at ε: robust_acc(g) = clean_acc · (1 − success_rate(g)).
         ``curve_area`` is its trapezoid area over [0, eps_max] divided by eps_max (1 = breaks at once).
@@ -79,6 +87,7 @@ def evaluate_pgd(model: nn.Module, images: Tensor, labels: Tensor, norm: str = "
     """
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    sanity.check_batch(images, labels)  # finite, in [0, 1]: the evaluator contract
     eps_max = float(eps_max) if eps_max is not None else default_eps_max(norm, eps)
     if eps_max <= eps:
         raise ValueError(f"eps_max ({eps_max}) must be larger than eps ({eps})")
@@ -101,7 +110,10 @@ def evaluate_pgd(model: nn.Module, images: Tensor, labels: Tensor, norm: str = "
     broken = fixed.success  # (M,)
 
     t0 = time.perf_counter()
-    eps_star, censored = _bisect(attack, images[cidx], labels[cidx], broken, eps, eps_max, bisection_steps)
+    quiet = copy.copy(attack)  # the bisection shows one bar of its own, not one PGD bar per step
+    quiet.progress = False
+    eps_star, censored = _bisect(quiet, images[cidx], labels[cidx], broken, eps, eps_max, bisection_steps,
+                                 progress)
     timings["eps_star"] = time.perf_counter() - t0
 
     clean_acc = len(cidx) / n if n else float("nan")
@@ -111,7 +123,7 @@ def evaluate_pgd(model: nn.Module, images: Tensor, labels: Tensor, norm: str = "
     curve = [{"eps": g, "success_rate": _rate(eps_star, g),
               "robust_acc": clean_acc * (1 - _rate(eps_star, g))} for g in grid]
 
-    flags: list[dict] = []
+    flags: list[Flag] = []
     if checks:
         t0 = time.perf_counter()
         flags = _sanity_flags(model, images, labels, attack, alpha, broken, cidx, check_n, stability_tol)
@@ -123,9 +135,11 @@ def evaluate_pgd(model: nn.Module, images: Tensor, labels: Tensor, norm: str = "
     all_cens[cidx.cpu()] = censored.cpu()
     # numpy's median averages the two middle values (torch's would take the lower one)
     median = float(np.median(eps_star.double().cpu().numpy())) if len(cidx) else float("nan")
+    median_all = float(np.median(all_star.numpy())) if n else float("nan")
     return PGDResult(
         norm=norm, eps=float(eps), steps=steps, restarts=restarts, alpha=attack.alpha, seed=seed, n=n,
-        clean_acc=clean_acc, robust_acc=robust_acc, median_eps_star=median,
+        clean_acc=clean_acc, robust_acc=robust_acc, median_eps_star=median, median_eps_star_all=median_all,
+        median_eps_star_population="correct",
         mean_steps_to_success=float(steps_to.mean()) if len(steps_to) else float("nan"),
         curve=curve, curve_area=_area(curve, eps_max), eps_max=eps_max, n_censored=int(censored.sum()),
         median_censored=bool(len(cidx)) and median >= eps_max, eps_star=all_star.tolist(),
@@ -133,23 +147,32 @@ def evaluate_pgd(model: nn.Module, images: Tensor, labels: Tensor, norm: str = "
 
 
 def _bisect(attack: PGD, x: Tensor, y: Tensor, broken: Tensor, eps: float, eps_max: float,
-            iters: int) -> tuple[Tensor, Tensor]:
-    """Vectorised bisection: all samples probe their own midpoint in one batched PGD call per iteration."""
+            iters: int, progress: bool = False) -> tuple[Tensor, Tensor]:
+    """Vectorised bisection: all samples probe their own midpoint in one batched PGD call per iteration.
+
+    With ``progress`` one bar counts the PGD calls: the probe at eps_max, then "bisection step k/n".
+    """
     m = len(x)
     hi = torch.full((m,), eps, dtype=torch.float64, device=x.device)  # (M,) smallest ε known to break
     lo = torch.where(broken, torch.zeros_like(hi), hi)  # (M,) largest ε known (or taken) safe
     censored = torch.zeros(m, dtype=torch.bool, device=x.device)
     up = (~broken).nonzero()[:, 0]
-    if len(up):
-        top = attack(x[up], y[up], eps=torch.full((len(up),), eps_max, dtype=x.dtype, device=x.device))
-        hi[up] = eps_max
-        censored[up] = ~top.success
-    live = (~censored).nonzero()[:, 0]
-    for _ in range(iters if len(live) else 0):
-        mid = (lo[live] + hi[live]) / 2
-        ok = attack(x[live], y[live], eps=mid.to(x.dtype)).success
-        hi[live] = torch.where(ok, mid, hi[live])
-        lo[live] = torch.where(ok, lo[live], mid)
+    with tqdm(total=iters + bool(len(up)), desc=f"PGD-{attack.steps} {attack.norm} ε* search", unit="call",
+              disable=not progress, leave=False) as bar:
+        if len(up):
+            bar.set_description(f"PGD-{attack.steps} {attack.norm} ε* probe at eps_max={eps_max:g}")
+            top = attack(x[up], y[up], eps=torch.full((len(up),), eps_max, dtype=x.dtype, device=x.device))
+            hi[up] = eps_max
+            censored[up] = ~top.success
+            bar.update()
+        live = (~censored).nonzero()[:, 0]
+        for step in range(iters if len(live) else 0):
+            bar.set_description(f"PGD-{attack.steps} {attack.norm} ε* bisection step {step + 1}/{iters}")
+            mid = (lo[live] + hi[live]) / 2
+            ok = attack(x[live], y[live], eps=mid.to(x.dtype)).success
+            hi[live] = torch.where(ok, mid, hi[live])
+            lo[live] = torch.where(ok, lo[live], mid)
+            bar.update()
     return hi, censored
 
 
@@ -165,7 +188,7 @@ def _area(curve: list[dict], eps_max: float) -> float:
     return float(np.trapezoid(ys, xs) / eps_max)
 
 
-def _sanity_flags(model, images, labels, attack: PGD, alpha, broken, cidx, check_n, tol) -> list[dict]:
+def _sanity_flags(model, images, labels, attack: PGD, alpha, broken, cidx, check_n, tol) -> list[Flag]:
     """Model checks on an evenly spaced subset (data may be sorted by class), attack checks on its
     correctly classified part."""
     n = len(images)
