@@ -23,12 +23,14 @@ Example::
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 from scipy import stats
+from tqdm.auto import tqdm
 
 from regcollide.reports.correlation_stats import (
     EXACT_MAX_N,
@@ -264,8 +266,11 @@ def _influence(test: CorrelationTest, pairs: _Pairs, family: list[CorrelationTes
 
 
 def correlate_entries(entries: list[dict], alpha: float = 0.05, n_boot: int = 2000, seed: int = 0,
-                      n_permutations: int = N_PERMUTATIONS) -> CorrelationStudy:
-    """All structural × ease tests over ``entries`` (one threat model), Holm-corrected per statistic."""
+                      n_permutations: int = N_PERMUTATIONS, progress: bool | None = None) -> CorrelationStudy:
+    """All structural × ease tests over ``entries`` (one threat model), Holm-corrected per statistic.
+
+    ``progress``: a labelled bar on stderr (None: only when stderr is a terminal).
+    """
     if len(entries) < 3:
         raise ValueError(f"a correlation needs at least 3 eval entries, got {len(entries)}; evaluate more "
                          "runs with `regcollide eval`")
@@ -285,11 +290,11 @@ def correlate_entries(entries: list[dict], alpha: float = 0.05, n_boot: int = 20
             study.constant[name] = present.pop()
     # Separate streams: the bootstrap intervals do not depend on how many permutation tests ran.
     rng, perm_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
-    pairs = {}
-    for s in STRUCTURAL:
-        for e in EASE:
-            pairs[(s, e)] = _pairs(values[s], values[e], names)
-            study.tests.append(_one_test(s, e, pairs[(s, e)], n_boot, rng, perm_rng, n_permutations))
+    pairs = {(s, e): _pairs(values[s], values[e], names) for s in STRUCTURAL for e in EASE}
+    label = f"correlate {len(entries)} models: permutation tests and bootstrap"
+    for (s, e), pair in tqdm(pairs.items(), desc=label, unit="pair", file=sys.stderr,
+                             disable=None if progress is None else not progress, leave=False):
+        study.tests.append(_one_test(s, e, pair, n_boot, rng, perm_rng, n_permutations))
     computed = [t for t in study.tests if t.skipped is None]
     for stat in (*STATISTICS, "pearson_p_normal"):
         key = stat if stat == "pearson_p_normal" else f"{stat}_p"
