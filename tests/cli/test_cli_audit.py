@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -79,3 +80,59 @@ def test_input_size_override_and_clear_errors():
     assert bad_model.exit_code != 0 and "unknown torchvision model" in bad_model.output
     bad_convention = run("mlp", "--convention", "rows")
     assert bad_convention.exit_code == 2 and "paper" in bad_convention.output
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "-inf"])
+def test_non_finite_or_negative_tolerances_are_refused_before_any_work(value):
+    for option in ("--rtol", "--atol"):
+        result = run("mlp", option, value)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert option in result.output
+
+
+def test_out_under_a_file_or_in_a_read_only_folder_is_refused_before_the_audit(tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("keep me")
+    under = run("mlp", "--out", str(blocker / "audit.txt"))
+    assert under.exit_code == 2 and "--out" in under.output and "a file" in under.output
+    assert blocker.read_text() == "keep me"
+    folder = run("mlp", "--out", str(tmp_path))
+    assert folder.exit_code == 2 and "is a directory" in folder.output
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        result = run("mlp", "--out", str(locked / "audit.txt"))
+        if os.access(locked, os.W_OK):  # running as root: permissions do not bind, the write succeeds
+            assert result.exit_code == 0 and (locked / "audit.txt").exists()
+        else:
+            assert result.exit_code == 2 and "not writable" in result.output
+    finally:
+        locked.chmod(0o700)
+
+
+def test_nan_weights_give_one_line(tmp_path):
+    from safetensors.torch import save_file
+
+    from regcollide.models import create_model
+
+    model = create_model("mlp")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    key = next(k for k in state if k.endswith("weight"))
+    state[key][0, 0] = float("nan")
+    path = tmp_path / "nan.safetensors"
+    save_file(state, str(path))
+    result = run("mlp", "--weights", str(path))
+    assert result.exit_code == 1 and "NaN or inf" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_paper_layer_set_and_the_tolerance_sensitivity_report():
+    data = json.loads(run("mlp", "--format", "json", "--layers", "paper", "--no-cosines").output)
+    assert data["layer_set"] == "paper" and all(layer["max_cosine"] is None for layer in data["layers"])
+    rows = data["tolerance_sensitivity"]
+    assert [row["factor"] for row in rows] == [0.1, 1.0, 10.0, 100.0]
+    assert rows[1]["nu"] == data["nu"] and rows[1]["excess_nullity"] == data["excess_nullity"]
+    assert all("expected_random_excess" in layer for layer in data["layers"])
+    table = run("mlp").output
+    assert "tolerance sensitivity" in table and "expected at random init" in table
