@@ -30,7 +30,8 @@ def scatter_grid(study: CorrelationStudy, path: str | Path, groups: list[str] | 
                 pts = [(x, y) for x, y, gg in zip(study.values[s], study.values[e], groups)
                        if gg == g and x is not None and y is not None]
                 if pts:
-                    ax.scatter(*zip(*pts), s=14, color=color, label=g)
+                    # "$" would start matplotlib mathtext: a model name is text, never math.
+                    ax.scatter(*zip(*pts), s=14, color=color, label=g.replace("$", r"\$"))
             t = tests[(s, e)]
             title = t.skipped[:28] if t.skipped else f"ρ={t.spearman:+.2f}" + (" *" if t.significant else "")
             ax.set_title(title, fontsize=8, color="crimson" if t.significant else "black")

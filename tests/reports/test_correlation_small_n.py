@@ -183,3 +183,16 @@ def test_study_pearson_findings_are_driven_by_the_two_vit_models():
     assert ("4 Pearson tests survive Holm with normal-theory p-values (which assume bivariate normality) and 0 "
             "with permutation p-values") in report
     assert "the models that drive them: vit-w0.5, vit-w1" in report
+
+
+def test_hostile_model_names_do_not_break_the_plot_or_csv(tmp_path):
+    entries = zoo(6)
+    for e, model in zip(entries, ["$\\frac{$", "=HYPERLINK()", "a|b\nc", "mlp", "mlp", "cnn"]):
+        e["model"] = model
+    entries[0]["name"] = "=cmd"
+    src = _write(tmp_path / "e", entries)
+    result = CliRunner().invoke(correlate, [str(src), "--out", str(tmp_path / "o"), "--n-boot", "200"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "o" / "scatter.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((tmp_path / "o" / "correlations.json").read_text())
+    assert saved["names"][0] == "=cmd"   # JSON keeps the raw text; only CSV cells are neutralized
