@@ -1,84 +1,101 @@
-"""End to end: eval/study.py on a zoo of 4 tiny models (train -> eval -> leaderboard -> correlation).
+"""End to end: eval/study/run.py --quick (design -> train -> measure -> entries -> statistics -> report).
 
-Acceptance of issue 9: every output is produced, and the reported statistics equal scipy.stats called
-directly on the numbers stored in the eval entries.
+Acceptance of the study: the primary statistic in analysis.json is recomputed here from the raw entry
+files with scipy and numpy only; a second run skips every job (entries keyed by hash); a job whose entry
+does not match its hash runs again; submitit's DebugExecutor runs a job like the pool does.
 """
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
-import yaml
 from scipy import stats
 
+from regcollide.runs import load_run
+from regcollide.study.design import expand, load_design
+from regcollide.study.execute import is_done, run_jobs
+
 ROOT = Path(__file__).resolve().parents[2]
-
-# eps = 0.3 breaks every undefended MNIST model within APGD-CE, so AutoAttack skips its slow later attacks.
-TINY_EVAL = {"parts": ["clean", "pgd", "autoattack", "audit", "nullspace", "polytope"], "n": 40, "eps": 0.3,
-             "pgd_steps": 5, "pgd_bisection_steps": 3, "pgd_check_n": 16, "autoattack_n": 16,
-             "nullspace_n": 4, "polytope_vertices": 3, "polytope_samples": 50, "polytope_targets": 1,
-             "polytope_steps": 30}
-# Widths on both sides of 784 change μ and nullity(W1); a regularized member changes the spectrum.
-MEMBERS = [{"name": "w0.25", "set": ["model.width=0.25"]},
-           {"name": "w0.5-s1", "set": ["model.width=0.5", "seed=1"]},
-           {"name": "w0.25-sing", "set": ["model.width=0.25", "regularizers=[{name: singular, weight: 0.5}]"]},
-           {"name": "w3.5", "set": ["model.width=3.5"]}]   # 896 hidden units: W1 (896 x 784) is tall
+DESIGN = ROOT / "configs" / "study" / "design.yaml"
 
 
-def _study_module():
-    spec = importlib.util.spec_from_file_location("study", ROOT / "eval" / "study.py")
+def _runner():
+    spec = importlib.util.spec_from_file_location("study_run", ROOT / "eval" / "study" / "run.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+def _independent_primary(entries: Path) -> float:
+    """Partial Spearman of nullity(W1) and median PGD eps*, from the raw JSON, without the package."""
+    rows = [json.loads(p.read_text()) for p in sorted(entries.glob("*.json"))]
+    x = np.array([e["outcomes"]["structure"]["first_nullity"] for e in rows], float)
+    y = np.array([e["outcomes"]["pgd"]["0.1"]["median_eps_star"] for e in rows], float)
+    acc = np.array([e["outcomes"]["pgd"]["0.1"]["clean_acc"] for e in rows], float)
+    size = np.array([math.log(e["outcomes"]["structure"]["n_params"]) for e in rows])
+    fams = [e["job"]["family"] for e in rows]
+    cols = [np.ones(len(rows)), stats.rankdata(acc), stats.rankdata(size)]
+    cols += [np.array([f == g for f in fams], float) for g in sorted(set(fams))[1:]]
+    design = np.column_stack(cols)
+    res = [v - design @ np.linalg.lstsq(design, v, rcond=None)[0] for v in (stats.rankdata(x), stats.rankdata(y))]
+    return float(stats.pearsonr(*res).statistic)
+
+
 @pytest.mark.slow
-def test_tiny_zoo_end_to_end(tmp_path):
-    sweep = {"base": str(ROOT / "configs" / "zoo" / "base.yaml"), "eval": TINY_EVAL, "runs": MEMBERS}
-    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
-    out = tmp_path / "out"
-    argv = ["--sweep", str(tmp_path / "sweep.yaml"), "--runs", str(tmp_path / "runs"), "--out", str(out),
-            "--train-set", "train.epochs=1", "--train-set", "data.limit_train=512", "--n-boot", "300",
-            "--jobs", "1"]
-    assert _study_module().main(argv) == 0
+def test_quick_study_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out, runs = tmp_path / "study", tmp_path / "runs"
+    argv = ["--quick", "--out", str(out), "--runs", str(runs), "--n-boot", "40", "--jobs", "2"]
+    assert _runner().main(argv) == 0
+    jobs = expand(load_design(DESIGN, quick=True))
+    assert sorted(p.stem for p in (out / "entries").glob("*.json")) == sorted(j.name for j in jobs)
+    for name in ("report.md", "analysis.json", "dose_response.png", "primary.png", "run.json"):
+        assert (out / name).is_file(), name
+    analysis = json.loads((out / "analysis.json").read_text())["analysis"]
+    primary = analysis["primary"]
+    assert primary["n"] == len(jobs)
+    assert primary["r"] == pytest.approx(_independent_primary(out / "entries"), abs=1e-9)
+    report = (out / "report.md").read_text()
+    assert f"{primary['r']:+.3f}" in report and str(tmp_path) not in report
+    # the width family moves nullity(W1) exactly as designed, on the trained weights
+    entries = {p.stem: json.loads(p.read_text()) for p in (out / "entries").glob("*.json")}
+    assert entries["width-32-s0"]["outcomes"]["structure"]["first_nullity"] == 784 - 32
+    assert entries["width-256-s1"]["outcomes"]["structure"]["first_nullity"] == 784 - 256
+    assert entries["width-256-s0"]["outcomes"]["autoattack"]["n"] == 8
 
-    for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.html", "report.md", "scatter.png",
-                 "correlations.csv", "correlations.json", "study.json"):
-        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    entries = [json.loads((out / "entries" / f"{m['name']}.json").read_text()) for m in MEMBERS]
-    assert all(e["audit"] and e["pgd"] and e["autoattack"] for e in entries)
-    with open(out / "leaderboard.csv") as f:
-        assert sorted(r["name"] for r in csv.DictReader(f)) == sorted(m["name"] for m in MEMBERS)
+    # a second run recomputes nothing but a stale entry (hash mismatch)
+    stale = out / "entries" / "singular-0.5-s1.json"
+    data = json.loads(stale.read_text())
+    data["job"]["hash"] = "0" * 16
+    stale.write_text(json.dumps(data))
+    assert _runner().main(argv) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert (run["jobs_run"], run["jobs_skipped"]) == (1, len(jobs) - 1)
+    assert all(is_done(out / "entries", j) for j in jobs)
 
-    # The structure really differs across the zoo: the tall W1 of w3.5 has a trivial kernel.
-    assert [e["audit"]["first_nullity"] == 0 for e in entries] == [False, False, False, True]
-    assert len({e["audit"]["mu"] for e in entries}) == 2
-    assert entries[3]["nullspace"] is None and "nullity(W1) = 0" in entries[3]["skipped"]["nullspace"]
 
-    saved = json.loads((out / "correlations.json").read_text())
-    computed = [t for t in saved["tests"] if t["skipped"] is None]
-    assert computed, "no computable correlation in the tiny zoo"
-    for t in computed:
-        xs, ys = saved["values"][t["structural"]], saved["values"][t["ease"]]
-        pairs = [(x, y) for x, y in zip(xs, ys) if x is not None and y is not None]
-        x, y = [p[0] for p in pairs], [p[1] for p in pairs]
-        assert t["spearman"] == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
-        assert t["spearman_p"] == pytest.approx(stats.spearmanr(x, y).pvalue, rel=1e-9, abs=1e-300)
-        assert t["kendall"] == pytest.approx(stats.kendalltau(x, y).statistic, abs=1e-12)
-        assert t["kendall_p"] == pytest.approx(stats.kendalltau(x, y).pvalue, rel=1e-9, abs=1e-300)
-        assert t["pearson"] == pytest.approx(stats.pearsonr(x, y).statistic, abs=1e-12)
-        assert t["pearson_p"] == pytest.approx(stats.pearsonr(x, y).pvalue, rel=1e-9, abs=1e-300)
-    # The values the statistics used are the entries' own numbers.
-    assert saved["values"]["nu"] == [e["audit"]["nu"] for e in entries]
-    assert saved["values"]["pgd_robust_acc"] == [e["pgd"]["robust_acc"] for e in entries]
+def test_submitit_debug_executor_runs_a_job_like_the_pool(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    job = next(j for j in expand(load_design(DESIGN, quick=True)) if j.name == "width-32-s0")
+    counts = run_jobs([job], tmp_path / "runs", tmp_path / "entries", executor="debug", log_dir=tmp_path / "log")
+    assert counts == {"skipped": 0, "run": 1, "not_started": 0}
+    entry = json.loads((tmp_path / "entries" / "width-32-s0.json").read_text())
+    assert entry["job"]["hash"] == job.hash and entry["outcomes"]["structure"]["first_nullity"] == 752
+    # the run folder is a regular run: the library reloads it from config.yaml
+    model, config = load_run(tmp_path / "runs" / "width-32-s0")
+    assert config["model"]["name"] == "mlp-h32" and model[1].weight.shape == (32, 784)
 
-    # Re-running skips training and reuses every evaluated part.
-    assert _study_module().main(argv) == 0
-    record = json.loads((out / "study.json").read_text())
-    assert all("train_s" not in t for t in record["members"].values())
-    again = json.loads((out / "entries" / "w0.25.json").read_text())
-    assert sorted(again["cached_parts"]) == sorted(TINY_EVAL["parts"])
+
+def test_bad_design_is_one_line(tmp_path, capsys):
+    assert _runner().main(["--design", str(tmp_path / "missing.yaml"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: design file") and err.count("\n") == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seeds: [0]\nmeasure: {}\nfamilies: [{family: a, model: mlp-h32, levels: []}]\n")
+    assert _runner().main(["--design", str(bad), "--out", str(tmp_path)]) == 2
+    assert "levels" in capsys.readouterr().err

@@ -35,7 +35,7 @@ def mixed_effects(y, x, groups, covariates=None) -> dict:
         fit = sm.MixedLM(y, exog, groups=np.asarray([str(g) for g in groups])).fit(reml=True)
     ci = fit.conf_int()[1]
     return {"beta": float(fit.params[1]), "se": float(fit.bse[1]), "ci_low": float(ci[0]),
-            "ci_high": float(ci[1]), "p": float(fit.pvalues[1]), "group_var": float(fit.cov_re.iloc[0, 0]),
+            "ci_high": float(ci[1]), "p": float(fit.pvalues[1]), "group_var": float(np.asarray(fit.cov_re)[0, 0]),
             "resid_var": float(fit.scale), "n": int(len(y)), "groups": int(len(set(map(str, groups)))),
             "converged": bool(fit.converged) and not any(issubclass(w.category, ConvergenceWarning)
                                                           for w in caught)}
