@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None, callbacks: Sequence[Callback] = ()) -> i
     except (ConfigError, RunFolderError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # e.g. a full disk or a read-only folder while writing the run folder
+        print(f"error: {err}; earlier states in the run folder are intact", file=sys.stderr)
+        return 2
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return 3

@@ -9,8 +9,10 @@ order. The in-process tests stop runs cleanly with ``StopAfterSteps`` instead.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +23,7 @@ from _train_utils import torch_threads
 from _train_with_kill import load_script
 from safetensors.torch import load_file
 
+from regcollide.training import checkpoint
 from regcollide.training.callbacks import StopAfterSteps
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,12 +70,20 @@ def straight(tmp_path_factory) -> Path:
     return out / "straight"
 
 
-def stopped_run(out: Path, name: str = "stopped", steps: int = 7) -> Path:
-    """A run stopped cleanly after ``steps`` steps: states at steps 3 and 6 and ``steps`` (keep 2)."""
-    code = main(*TINY, "--set", f"out_dir={out}", "--set", f"run_name={name}", callbacks=[StopAfterSteps(steps)])
+@pytest.fixture(scope="module")
+def stopped_template(tmp_path_factory) -> Path:
+    """A run stopped cleanly after 7 steps: states at steps 6 and 7 (keep 2), no model.safetensors."""
+    out = tmp_path_factory.mktemp("stopped")
+    code = main(*TINY, "--set", f"out_dir={out}", "--set", "run_name=stopped", callbacks=[StopAfterSteps(7)])
     assert code == 0
-    assert not (out / name / "model.safetensors").exists()
-    return out / name
+    assert not (out / "stopped" / "model.safetensors").exists()
+    return out / "stopped"
+
+
+@pytest.fixture
+def stopped(tmp_path, stopped_template) -> Path:
+    """A private copy of the stopped run (each test may resume or damage it)."""
+    return Path(shutil.copytree(stopped_template, tmp_path / "stopped", symlinks=True))
 
 
 @pytest.mark.slow
@@ -93,8 +104,8 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path, straight):
     assert records(killed_dir, "end")[0]["weights_sha256"] == records(straight, "end")[0]["weights_sha256"]
 
 
-def test_stop_then_resume_in_process_is_bitwise_identical(tmp_path, straight):
-    run_dir = stopped_run(tmp_path)
+def test_stop_then_resume_in_process_is_bitwise_identical(stopped, straight):
+    run_dir = stopped
     with open(run_dir / "metrics.jsonl", "a") as handle:
         handle.write('{"event": "train", "st')  # a torn last line from a crash mid-write is tolerated
     assert main("--resume", str(run_dir)) == 0
@@ -105,8 +116,8 @@ def test_stop_then_resume_in_process_is_bitwise_identical(tmp_path, straight):
 @pytest.mark.parametrize("override, key", [("model.width=0.5", "model.width"), ("train.batch_size=64",
                                            "train.batch_size"), ("seed=3", "seed"), ("data.limit_train=100",
                                            "data.limit_train"), ("model.name=lenet5", "model.name")])
-def test_resume_refuses_changes_to_the_model_or_data_order(tmp_path, capsys, override, key):
-    run_dir = stopped_run(tmp_path)
+def test_resume_refuses_changes_to_the_model_or_data_order(stopped, capsys, override, key):
+    run_dir = stopped
     before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     capsys.readouterr()
     assert main("--resume", str(run_dir), "--set", override) == 2
@@ -117,16 +128,16 @@ def test_resume_refuses_changes_to_the_model_or_data_order(tmp_path, capsys, ove
     assert (run_dir / "model.safetensors").is_file()
 
 
-def test_resume_applies_other_overrides_exactly(tmp_path):
-    run_dir = stopped_run(tmp_path)
+def test_resume_applies_other_overrides_exactly(stopped):
+    run_dir = stopped
     assert main("--resume", str(run_dir), "--set", "train.epochs=4", "--set", "train.log_every=1") == 0
     assert records(run_dir, "end")[0]["step"] == 20  # 4 epochs of 5 steps
     saved = (run_dir / "config.yaml").read_text()
     assert "epochs: 4" in saved and "log_every: 1" in saved
 
 
-def test_corrupt_newest_state_falls_back_in_one_line_and_still_matches(tmp_path, straight, capsys):
-    run_dir = stopped_run(tmp_path)
+def test_corrupt_newest_state_falls_back_in_one_line_and_still_matches(stopped, straight, capsys):
+    run_dir = stopped
     newest = run_dir / "state" / "step_00000007"
     data = (newest / "optimizer.bin").read_bytes()
     (newest / "optimizer.bin").write_bytes(data[: len(data) // 3])
@@ -136,3 +147,25 @@ def test_corrupt_newest_state_falls_back_in_one_line_and_still_matches(tmp_path,
     assert len(warnings) == 1 and "step_00000007 is unusable" in warnings[0]
     assert "falling back to step_00000006" in warnings[0]
     same_weights(straight, run_dir)  # replayed from step 6: the same weights
+
+
+def test_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous_state(tmp_path, capsys, monkeypatch):
+    saves: list[Path] = []
+    write = checkpoint.write_file
+
+    def filling_disk(path: Path, data: bytes) -> None:
+        saves.append(path.parent)
+        if len(set(saves)) >= 2:  # the second state (step 5, the end of epoch 1) hits a full disk
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        write(path, data)
+
+    monkeypatch.setattr(checkpoint, "write_file", filling_disk)
+    capsys.readouterr()
+    assert main(*TINY, "--set", f"out_dir={tmp_path}", "--set", "run_name=full") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: could not save the training state at step 5"), err
+    assert "No space left on device" in err[0] and "step_00000003 is intact" in err[0]
+    states = tmp_path / "full" / "state"
+    assert sorted(p.name for p in states.iterdir()) == ["latest", "step_00000003"]
+    monkeypatch.setattr(checkpoint, "write_file", write)
+    assert main("--resume", str(tmp_path / "full")) == 0  # space freed: the run continues from step 3
