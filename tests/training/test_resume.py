@@ -169,3 +169,16 @@ def test_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous_state(
     assert sorted(p.name for p in states.iterdir()) == ["latest", "step_00000003"]
     monkeypatch.setattr(checkpoint, "write_file", write)
     assert main("--resume", str(tmp_path / "full")) == 0  # space freed: the run continues from step 3
+
+
+def test_resume_on_another_number_of_processes_is_refused(stopped, capsys):
+    for state in (stopped / "state").glob("step_*"):
+        meta = json.loads((state / "meta.json").read_text())
+        (state / "meta.json").write_text(json.dumps({**meta, "num_processes": 2}))
+    before = (stopped / "config.yaml").read_bytes()
+    capsys.readouterr()
+    assert main("--resume", str(stopped)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: num_processes: the run was trained on 2 process(es), this launch has 1; "
+                   "relaunch with --num_processes 2"]
+    assert (stopped / "config.yaml").read_bytes() == before
