@@ -197,7 +197,7 @@ def main() -> None:
             rows.append(audit_row(name, args.convention, weights.get(name), args.layers,
                                   args.pretrained and name not in weights))
         except (ValueError, OSError, RuntimeError) as err:  # offline download, bad file: one line, no traceback
-            parser.exit(1, f"table1: {name}: {err.args[0] if err.args else err}\n")
+            parser.exit(1, f"table1: {name}: {err.args[0] if err.args else err} (here: --weights {name}=FILE)\n")
         tqdm.write(f"{name}: nu {rows[-1]['nu']}, mu {rows[-1]['mu']}, first_nullity {rows[-1]['first_nullity']}"
                    f" ({rows[-1]['seconds']} s)")
     Path(args.out).write_text(markdown(rows, args.convention, args.layers))

@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 
 from regcollide.audit.certify import gram, gram_error, is_positive_definite, lanczos_top
+from regcollide.audit.cosines import max_cosines
 
 __all__ = ["NonFiniteWeightsError", "RankInfo", "default_tolerance", "rank_and_singular_values", "ranks_of",
            "resolve_tolerance"]
@@ -89,32 +90,6 @@ def resolve_tolerance(
 def default_tolerance(out_dim: int, in_dim: int, sigma_max: float, dtype: torch.dtype = torch.float32) -> float:
     """The default rank tolerance ``sigma_max * max(out, in) * eps(dtype)`` (torch.linalg.matrix_rank's)."""
     return float(sigma_max) * max(out_dim, in_dim) * torch.finfo(dtype).eps
-
-
-def _max_cosines(batch: Tensor, row_gram: Tensor | None) -> list[tuple[float | None, float | None]]:
-    """Largest signed and absolute cosine between two different rows of each matrix in (B, m, n)."""
-    bsz, m, _ = batch.shape
-    if m < 2:
-        return [(None, None)] * bsz
-    best = torch.full((bsz,), -math.inf, dtype=torch.float64, device=batch.device)
-    best_abs = torch.zeros(bsz, dtype=torch.float64, device=batch.device)
-    if row_gram is not None:  # wide matrix: the float64 Gram is the row Gram already
-        norms = row_gram.diagonal(dim1=1, dim2=2).clamp_min(1e-300).sqrt()  # (B, m)
-        cos = row_gram / (norms[:, :, None] * norms[:, None, :])
-        cos.diagonal(dim1=1, dim2=2).fill_(math.nan)
-        best = cos.nan_to_num(nan=-math.inf).amax(dim=(1, 2))
-        best_abs = cos.abs().nan_to_num(nan=0.0).amax(dim=(1, 2))
-    else:  # tall matrix: cosines need only float32 accuracy, so compute them in the weight's precision
-        rows = batch.float()
-        rows = rows / rows.norm(dim=2, keepdim=True).clamp_min(1e-30)  # (B, m, n)
-        block = max(1, (64 * 2**20) // (4 * bsz * m))
-        for start in range(0, m, block):
-            cos = (rows[:, start : start + block] @ rows.mT).double()  # (B, b, m)
-            idx = torch.arange(start, min(start + block, m), device=batch.device)
-            cos[:, idx - start, idx] = math.nan
-            best = torch.maximum(best, cos.nan_to_num(nan=-math.inf).amax(dim=(1, 2)))
-            best_abs = torch.maximum(best_abs, cos.abs().nan_to_num(nan=0.0).amax(dim=(1, 2)))
-    return [(float(b), float(a)) for b, a in zip(best.tolist(), best_abs.tolist(), strict=True)]
 
 
 @dataclass(frozen=True)
@@ -200,7 +175,7 @@ def _rank_batch(batch: Tensor, rule: _Rule, cosines: bool) -> list[RankInfo]:
     eig = torch.linalg.eigvalsh(grams[rest]) if rest else None  # (R, k) ascending
     if rest:
         band_ranks, borderline = _band_decide(eig, delta[rest], rule, k)
-    cos = _max_cosines(batch, grams if m <= n else None) if cosines else [(None, None)] * bsz
+    cos = max_cosines(batch, grams if m <= n else None) if cosines else [(None, None)] * bsz
     out, one = [], rule.factors.index(1.0)
     for i in range(bsz):
         if bool(certified[i]):
