@@ -61,6 +61,7 @@ def bench(name: str, repeats: int) -> dict:
         start = time.perf_counter()
         reference = baseline_ranks(model)
         base.append(time.perf_counter() - start)
+        print(f"  {name} repeat {len(base)}: ours {ours[-1]:.2f} s, matrix_rank {base[-1]:.2f} s", flush=True)
     extras_seconds, _ = _ours(model, shape, extras=True)
     wrong = [layer.name for layer in result.layers if layer.rank != reference[layer.name]]
     methods = {m: sum(layer.method == m for layer in result.layers) for m in ("cholesky", "gram", "svd")}
