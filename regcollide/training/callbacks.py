@@ -1,9 +1,11 @@
 """Hooks into the training loop: observe steps and epochs, or stop a run cleanly (resumable) mid-way.
 
 A callback subclasses :class:`Callback` and overrides what it needs. ``on_step_end`` runs after the optimizer
-step, the metrics line and any checkpoint of that step; returning True stops the run after saving a state,
-so ``train(config, resume=run_dir)`` continues it exactly. Every process calls its callbacks; a stop
-decision must be the same on every process (a step count is; a wall clock is not).
+step, the metrics line and any checkpoint of that step; returning True pauses the run after saving a state,
+so ``train(config, resume=run_dir)`` continues it exactly. ``on_epoch_end`` returning True finishes the run
+early (final weights and evaluation, as if the last epoch was reached): early stopping. Every process calls
+its callbacks; a stop decision must be the same on every process (a step count or the reduced epoch metrics
+are; a wall clock is not).
 """
 
 from __future__ import annotations
@@ -49,3 +51,25 @@ def any_stop(callbacks: Sequence[Callback], method: str, *args) -> bool:
     """Call ``method`` on every callback (none is skipped) and say whether any asked to stop."""
     votes = [bool(getattr(cb, method)(*args)) for cb in callbacks]
     return any(votes)
+
+
+class Converged(Callback):
+    """Early stopping on the training objective: finish at the first epoch (from ``min_epochs`` on) whose mean
+    objective improved by less than ``rel_tol`` (relative) over the best earlier epoch, or whose training
+    accuracy reached ``target_acc``. ``history`` keeps every epoch's record (of this process's run).
+    """
+
+    def __init__(self, min_epochs: int = 3, rel_tol: float = 0.02, target_acc: float = 1.0) -> None:
+        if min_epochs < 1 or not 0.0 <= rel_tol < 1.0 or not 0.0 < target_acc <= 1.0:
+            raise ValueError(f"Converged needs min_epochs >= 1, 0 <= rel_tol < 1 and 0 < target_acc <= 1, got "
+                             f"{min_epochs}, {rel_tol}, {target_acc}")
+        self.min_epochs, self.rel_tol, self.target_acc = min_epochs, rel_tol, target_acc
+        self.best = float("inf")
+        self.history: list[dict] = []
+
+    def on_epoch_end(self, state: TrainState, record: dict) -> bool:
+        self.history.append(record)
+        loss = record["epoch_loss"]
+        small_gain = loss > self.best * (1.0 - self.rel_tol)
+        self.best = min(self.best, loss)
+        return state.epoch >= self.min_epochs and (small_gain or record["epoch_train_acc"] >= self.target_acc)

@@ -54,13 +54,15 @@ from regcollide.training.state import (
 )
 from regcollide.training.step import evaluate_accuracy, train_record, training_step
 
+CONTINUE, PAUSE, FINISH = "continue", "pause", "finish"
+
 
 @dataclass
 class RunResult:
     """What :func:`train` returns."""
 
     run_dir: Path
-    completed: bool             # False when a callback stopped the run early (``resume=run_dir`` finishes it)
+    completed: bool             # False when a callback paused the run mid-epoch (``resume=run_dir`` finishes it)
     global_step: int
     train_seconds: float
     model: torch.nn.Module | None = None          # the trained model, unwrapped, finalized, in eval mode
@@ -193,14 +195,14 @@ def _run(s: _Session) -> RunResult:
     started = time.perf_counter()
     bar = tqdm(total=s.total_steps, initial=s.state.global_step, desc=f"train {s.run_dir.name}",
                dynamic_ncols=True, disable=not (acc.is_main_process and s.config.train.progress))
-    stopped = False
+    outcome = CONTINUE
     s.model.train()
-    while s.state.epoch < s.config.train.epochs and not stopped:
-        stopped = _train_epoch(s, bar)
+    while s.state.epoch < s.config.train.epochs and outcome == CONTINUE:
+        outcome = _train_epoch(s, bar)
     bar.close()
     train_seconds = time.perf_counter() - started
     model = _finalize(s)
-    if stopped:  # the state is saved; no model.safetensors, so the run folder still reads as unfinished
+    if outcome == PAUSE:  # the state is saved; no model.safetensors, so the run folder still reads as unfinished
         acc.end_training()
         return RunResult(s.run_dir, False, s.state.global_step, train_seconds, model.eval())
     _write_end(s, model, train_seconds)
@@ -213,8 +215,12 @@ def _save(s: _Session) -> None:
     save_state(s.accelerator, s.run_dir, s.resumable, s.config.train.keep_checkpoints)
 
 
-def _train_epoch(s: _Session, bar) -> bool:
-    """One epoch (or its rest, when resumed mid-epoch); True if a callback stopped the run."""
+def _train_epoch(s: _Session, bar) -> str:
+    """One epoch (or its rest, when resumed mid-epoch).
+
+    Returns PAUSE when a callback stopped the run mid-epoch, FINISH when one ended it at the epoch end
+    (early stopping), else CONTINUE.
+    """
     cfg, acc, state = s.config.train, s.accelerator, s.state
     steps_per_epoch = len(s.train_loader)
     loader = s.train_loader
@@ -238,13 +244,13 @@ def _train_epoch(s: _Session, bar) -> bool:
         if any_stop(s.callbacks, "on_step_end", state, dict(zip(s.names, values))):
             if not saved:
                 _save(s)
-            return True
+            return PAUSE
     record = _epoch_record(s)
     s.log.write(record)
     if record["test_acc"] is not None:
         bar.set_postfix(test_acc=f"{record['test_acc']:.4f}")
     _save(s)
-    return any_stop(s.callbacks, "on_epoch_end", state, record)
+    return FINISH if any_stop(s.callbacks, "on_epoch_end", state, record) else CONTINUE
 
 
 def _epoch_record(s: _Session) -> dict:

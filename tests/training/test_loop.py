@@ -7,7 +7,7 @@ import torch
 from _train_utils import library_train
 
 from regcollide.runs import read_metrics
-from regcollide.training.callbacks import Callback, StopAfterSteps
+from regcollide.training.callbacks import Callback, Converged, StopAfterSteps
 
 TINY = ["model.width=0.125", "data.limit_train=256", "data.limit_test=200", "train.batch_size=32",
         "train.epochs=2", "train.log_every=4", "eval.enabled=false"]
@@ -63,3 +63,16 @@ def test_augmentation_is_seeded_applied_and_resumable(tmp_path):
     stopped = library_train([*TINY, *AUGMENT], tmp_path / "c", callbacks=[StopAfterSteps(11)])
     resumed = weights(library_train([*TINY, *AUGMENT], tmp_path / "c", resume=stopped.run_dir))
     assert all(first[k].equal(resumed[k]) for k in first), "an augmented run resumed differently"
+
+
+def test_converged_finishes_the_run_early_with_weights_and_results(tmp_path):
+    converged = Converged(min_epochs=2, rel_tol=0.5)  # a 50 % gain per epoch is never reached after epoch 1
+    result = library_train([*TINY[:-1], "train.epochs=6", "eval.parts=[clean]", "eval.n=100"], tmp_path,
+                           callbacks=[converged])
+    assert result.completed and result.global_step == 16  # stopped at the end of epoch 2 of 6
+    assert [r["epoch"] for r in converged.history] == [1, 2]
+    assert (result.run_dir / "model.safetensors").is_file() and 0.0 <= result.results["clean_acc"] <= 1.0
+    ended = [r for r in read_metrics(result.run_dir / "metrics.jsonl") if r["event"] == "end"]
+    assert [r["step"] for r in ended] == [16]
+    with pytest.raises(ValueError, match="rel_tol"):
+        Converged(rel_tol=1.0)
