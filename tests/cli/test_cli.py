@@ -28,11 +28,14 @@ def test_every_command_imports_and_has_help():
         assert result.exit_code == 0, f"attack {name}: {result.output}"
 
 
-def test_models_lists_registry():
+def test_models_lists_registry_and_explains_every_naming_form():
     result = CliRunner().invoke(main, ["models"])
     assert result.exit_code == 0
     for name in ("mlp", "lenet5", "cnn-small", "resnet18-cifar", "vit-tiny"):
         assert name in result.output
+    for form in ("timm:<name>", "hf-hub:<org>/<repo>", "tv:<name>", "rb:<dataset>/<threat>/<name>",
+                 "module:callable", "--weights FILE", "--pretrained"):
+        assert form in result.output, form
 
 
 def test_data_summary_shows_class_balance():
@@ -44,13 +47,6 @@ def test_data_summary_shows_class_balance():
 def test_console_script_runs_from_the_venv():
     result = subprocess.run([sys.executable, "-m", "regcollide.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "audit" in result.stdout
-
-
-def test_models_explains_every_naming_form():
-    result = CliRunner().invoke(main, ["models"])
-    for form in ("timm:<name>", "hf-hub:<org>/<repo>", "tv:<name>", "rb:<dataset>/<threat>/<name>",
-                 "module:callable", "--weights FILE", "--pretrained"):
-        assert form in result.output, form
 
 
 def test_data_lists_a_validation_split(tmp_path):

@@ -115,9 +115,11 @@ def test_timm_deit_tiny_pretrained_from_a_filled_local_cache(tmp_path):
     assert _layer(got, "head")["rank"] == 93
 
 
-@pytest.mark.parametrize("model", ["tv:resnet18", "timm:resnet18", "rb:cifar10/Linf/Standard"])
+@pytest.mark.parametrize("model", ["tv:resnet18", "timm:resnet18", "rb:cifar10/Linf/Standard",
+                                   "hf-hub:timm/resnet18.a1_in1k", "mlp"])
 def test_pretrained_offline_fails_fast_naming_the_local_file_alternative(model, tmp_path, monkeypatch):
-    """No network here, empty caches: one line naming --weights FILE, well within 10 s of the request."""
+    """No network here, empty caches: one line naming --weights FILE, well within 10 s of the request
+    (a registry model has no weights to download, and says the same)."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     runner = CliRunner()
