@@ -20,7 +20,7 @@ from regcollide.reports.study.correlation import partial_spearman, tost_correlat
 from regcollide.reports.study.defense import defense_table
 from regcollide.reports.study.mixed import mixed_effects
 from regcollide.reports.study.power import detectable_rho, power_at, required_n
-from regcollide.reports.study.table import COVARIATES, OUTCOMES, STRUCTURAL, config_means
+from regcollide.reports.study.table import COVARIATES, EXPLORATORY_OUTCOMES, OUTCOMES, STRUCTURAL, config_means
 
 PRIMARY = ("first_nullity", "pgd_eps_star")
 EQUIVALENCE_BOUND = 0.3
@@ -75,8 +75,9 @@ def primary(rows: list[dict], n_boot: int) -> dict:
     return res
 
 
-def secondary(rows: list[dict]) -> list[dict]:
-    tests = [test_pair(rows, s, o) for s in STRUCTURAL for o in OUTCOMES if (s, o) != PRIMARY]
+def secondary(rows: list[dict], outcomes: tuple[str, ...] = OUTCOMES) -> list[dict]:
+    """Partial Spearman of every (structure, outcome) pair but the primary, Holm-corrected together."""
+    tests = [test_pair(rows, s, o) for s in STRUCTURAL for o in outcomes if (s, o) != PRIMARY]
     done = [t for t in tests if t.get("p") is not None and math.isfinite(t["p"])]
     if done:
         reject, p_holm, *_ = multipletests([t["p"] for t in done], alpha=ALPHA, method="holm")
@@ -106,5 +107,6 @@ def analyze(rows: list[dict], n_boot: int = 1000, baseline: str = "width-256") -
              if n_configs > k + 3 else None}
     return {"n_models": len(rows), "n_configs": n_configs, "families": sorted({r["family"] for r in rows}),
             "power": power, "primary": primary(rows, n_boot), "secondary": secondary(rows),
+            "exploratory": secondary(rows, EXPLORATORY_OUTCOMES),
             "defense": defense_table(rows, defense_pairs(rows, baseline), list(DEFENSE_OUTCOMES)),
             "baseline": baseline, "equivalence_bound": EQUIVALENCE_BOUND, "alpha": ALPHA}

@@ -11,12 +11,14 @@ from regcollide.io import read_json
 
 STRUCTURAL = ("first_nullity", "nu_frac", "mu_frac", "total_nullity", "mean_sigma_ratio")
 OUTCOMES = ("pgd_eps_star", "fab_eps_star", "robust_0.1", "robust_0.3", "polytope_ratio", "nullspace_valid")
+EXPLORATORY_OUTCOMES = ("polytope_ratio_unconverged",)  # added after the pre-registration (see the report)
 COVARIATES = ("clean_acc", "log_params")
 LABELS = {
     "first_nullity": "nullity(W1)", "nu_frac": "ν / n_W", "mu_frac": "μ / n_W", "total_nullity": "total nullity",
     "mean_sigma_ratio": "mean σ_min/σ_max", "min_rank": "min layer rank", "mean_max_cosine": "mean max cosine",
     "pgd_eps_star": "median ε* (PGD)", "fab_eps_star": "median ε* (FAB)", "robust_0.1": "robust acc ε=0.1",
     "robust_0.3": "robust acc ε=0.3", "polytope_ratio": "polytope distance ratio",
+    "polytope_ratio_unconverged": "polytope distance ratio (not converged)",
     "nullspace_valid": "Null-space valid-image success", "clean_acc": "clean accuracy",
     "aa_robust_0.3": "AutoAttack robust acc ε=0.3", "log_params": "log parameters",
 }
@@ -48,6 +50,8 @@ def row(entry: dict) -> dict:
          "clean_acc": pgd[first_eps]["clean_acc"], "pgd_eps_star": _num(pgd[first_eps]["median_eps_star"]),
          "fab_eps_star": _num(out["fab"]["median_eps_star"]),
          "polytope_ratio": _num(poly["distance_ratio"]) if poly else None,
+         # the ratio over all targets whether or not the search met its stopping rule (exploratory outcome)
+         "polytope_ratio_unconverged": _num(poly.get("distance_ratio_all")) if poly else None,
          "nullspace_valid": null["valid_count"] / null["n"] if null and null.get("n") else None,
          "epochs": entry["train"]["epochs"], "converged": entry["train"]["converged"]}
     for eps, res in pgd.items():
