@@ -37,11 +37,13 @@ POOL = 1000  # extra test images: the 'other' starts and the dataset distance (>
               help="Weight of the push term against the collision term.")
 @click.option("--lr", type=finite(0, 10, min_open=True), default=0.03, show_default=True,
               help="Constant Adam learning rate (constant, so the stopping rule, not the budget, sets the result).")
+@click.option("--exact-reference", is_flag=True,
+              help="Also solve the exact polytope's vertices by linear programming (Linear first layer only).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 @out_option("out/polytope")
 @user_errors
-def polytope(model, checkpoint, data, n, seed, layer, vertices, samples, loss, init, steps, beta, lr, progress,
-             out) -> None:
+def polytope(model, checkpoint, data, n, seed, layer, vertices, samples, loss, init, steps, beta, lr,
+             exact_reference, progress, out) -> None:
     """Vertices of a polytope of inputs colliding with each of N test images at a ReLU layer.
 
     Reports the share of sampled points classified like the target, their mean top probability, the
@@ -64,7 +66,7 @@ def polytope(model, checkpoint, data, n, seed, layer, vertices, samples, loss, i
     labels = torch.cat([target_labels, pool_labels]).to(device)
     result = evaluate_polytope(net, images, labels, layer=layer, vertices=vertices, samples=samples, loss=loss,
                                init=init, targets=len(targets), data_images=pool.to(device), beta=beta,
-                               steps=steps, lr=lr, seed=seed, progress=progress)
+                               steps=steps, lr=lr, seed=seed, progress=progress, exact_reference=exact_reference)
     entry = result.to_dict() | {"model": info["name"], "data": info.get("data") or data,
                                 "checkpoint": info.get("checkpoint")}
     write_json(entry, folder / "results.json")
@@ -75,6 +77,10 @@ def polytope(model, checkpoint, data, n, seed, layer, vertices, samples, loss, i
                f"ball control {entry['ball_success_rate']:.4f}")
     click.echo(f"converged {entry['converged_targets']}/{entry['targets']} targets (steps used {entry['steps_used']} "
                f"of {entry['steps']}), failed {entry['failed_targets']}, valid {entry['valid_targets']}")
+    if exact_reference:
+        exact = entry["exact_distance_ratio"]
+        click.echo("exact polytope (linear programs): " + ("n/a, the layer is not a Linear first layer"
+                                                           if exact is None else f"distance ratio {exact:.4f}"))
     for flag in entry["flags"]:
         click.echo(f"{flag['severity']}: {flag['message']}", err=True)
     click.echo(f"wrote {folder / 'results.json'} and {folder / 'polytope.png'}")

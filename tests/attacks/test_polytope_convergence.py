@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from regcollide.attacks.polytope.evaluate import FAILED, NOT_CONVERGED, evaluate_polytope
+from regcollide.attacks.polytope.exact import exact_vertices
 from regcollide.attacks.polytope.search import PolytopeSearch
 from regcollide.models import create_model
 
@@ -79,3 +81,17 @@ def test_residual_not_below_the_random_sphere_control_is_a_failure(trained_mlp, 
 def test_bad_search_settings_are_refused(bad):
     with pytest.raises(ValueError):
         PolytopeSearch(create_model("mlp"), **bad)
+
+
+def test_exact_vertices_solve_the_polytope_by_hand():
+    # z(x) = (x1 + x2 − 1, x1 − x2 − 0.5) on two pixels; at x_t = (0.8, 0.6): z = (0.4, −0.3), unit 0 active.
+    # Pushing unit 1 down while x1 + x2 = 1.4 stays and x ∈ [0, 1]²: x2 = 1, x1 = 0.4.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2)).eval()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0, 1.0], [1.0, -1.0]]))
+        model[1].bias.copy_(torch.tensor([-1.0, -0.5]))
+    target = torch.tensor([[[0.8, 0.6]]], dtype=torch.float64)
+    vertex = exact_vertices(model.double(), "1", target, torch.tensor([1]))
+    torch.testing.assert_close(vertex, torch.tensor([[[[0.4, 1.0]]]], dtype=torch.float64))
+    conv = nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU(), nn.Flatten()).eval()
+    assert exact_vertices(conv, "0", torch.rand(1, 2, 2), torch.tensor([0])) is None  # not a Linear layer

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from regcollide._modes import eval_mode
 from regcollide.attacks.checks import Flag, check_batch
+from regcollide.attacks.polytope.exact import exact_vertices
 from regcollide.attacks.polytope.metrics import (
     SAMPLER,
     convex_samples,
@@ -100,6 +101,7 @@ def evaluate_polytope(
     seed: int = 0,
     batch_size: int = 500,
     progress: bool = False,
+    exact_reference: bool = False,
     **stopping,
 ) -> PolytopeResult:
     """Polytope search on the first ``targets`` of ``images`` (N, C, H, W) in [0, 1], labels (N,).
@@ -108,7 +110,8 @@ def evaluate_polytope(
     unless ``data_images`` is given, for ``data_distance``. The vertex-search settings are those of
     :class:`PolytopeSearch` (``steps`` is the budget; ``stopping`` takes ``check_every``, ``window``,
     ``plateau``, ``residual_tol``); all targets are optimized as one batch. Every random draw comes from
-    generators seeded with ``seed``.
+    generators seeded with ``seed``. ``exact_reference`` adds the exact polytope's vertex spread (linear
+    programs, :mod:`~regcollide.attacks.polytope.exact`) when the layer is a Linear first layer.
     """
     check_batch(images, labels)  # finite, in [0, 1]: the evaluator contract
     if init not in INITS:
@@ -127,6 +130,8 @@ def evaluate_polytope(
                                    [int(v) for v in labels[:n_targets]])
         rows = [_measure(model, out, samples, gen, batch_size) | {"index": j, "init_index": None if others is None
                                                                    else others[j]} for j, out in enumerate(outs)]
+    if exact_reference:
+        _add_exact_reference(model, outs, rows)
     per_target = [{k: v for k, v in row.items() if k != "example"} for row in rows]
     mean = lambda key, rs=per_target: sum(r[key] for r in rs) / len(rs) if rs else float("nan")  # noqa: E731
     valid = [r for r in per_target if r["converged"] and not r["failed"]]
@@ -143,6 +148,9 @@ def evaluate_polytope(
                "failed_targets": sum(r["failed"] for r in per_target), "valid_targets": len(valid),
                "steps_used": max(r["steps_used"] for r in per_target),
                "distance_ratio_all": mean("vertex_distance") / data_dist}
+    if exact_reference:
+        exact = [r["exact_vertex_distance"] for r in per_target]
+        extras["exact_distance_ratio"] = None if None in exact else sum(exact) / len(exact) / data_dist
     return PolytopeResult(
         layer=search.layer, vertices=vertices, samples=samples,
         success_rate=mean("success_rate"), mean_top_prob=mean("mean_top_prob"),
@@ -151,6 +159,13 @@ def evaluate_polytope(
         max_rel_feature_residual=max(r["max_rel_feature_residual"] for r in per_target),
         settings=settings, extras=extras, per_target=per_target, examples=[row["example"] for row in rows],
         flags=_flags(per_target, steps))
+
+
+def _add_exact_reference(model: nn.Module, outs: list[PolytopeOutput], rows: list[dict]) -> None:
+    """Per target: the exact polytope's vertex spread for the same units (None if the layer does not allow)."""
+    for out, row in zip(outs, rows):
+        verts = exact_vertices(model, out.layer, out.target, out.units)
+        row["exact_vertex_distance"] = None if verts is None else mean_pairwise_distance(verts)
 
 
 def _flags(per_target: list[dict], steps: int) -> list[Flag]:
