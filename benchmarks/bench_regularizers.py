@@ -33,9 +33,7 @@ SMALL_MODELS = {"mlp", "lenet5", "cnn-small"}  # adversarial training (11 passes
 
 def variants(model_name: str, full: bool) -> dict[str, tuple[str, dict]]:
     """label -> (registry name, params); the distillation teacher is the same family at twice the width."""
-    table = {"singular": ("singular", {}), "decorrelation": ("decorrelation", {}),
-             "decorrelation (32 rows)": ("decorrelation", {"max_rows": 32}),
-             "singular (track every 8)": ("singular", {"track_every": 8})}
+    table = {"singular": ("singular", {}), "decorrelation": ("decorrelation", {})}
     if not full:
         return table
     table.update({"singular (logdet)": ("singular", {"measure": "logdet"}),

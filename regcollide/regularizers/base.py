@@ -13,6 +13,7 @@ import abc
 import inspect
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal, Union
 
 import torch
@@ -55,6 +56,27 @@ class Regularizer(abc.ABC):
         shown = ", ".join(f"{key}={getattr(self, key)!r}" for key in parameter_specs(type(self))
                           if hasattr(self, key) and not isinstance(getattr(self, key), nn.Module))
         return f"{type(self).__name__}({shown})"
+
+
+def lazy_term(reg: Regularizer, every: int, compute: Callable[[], Tensor]) -> Tensor:
+    """Lazy regularization (Karras, Laine, Aittala, Hellsten, Lehtinen & Aila, "Analyzing and Improving
+    the Image Quality of StyleGAN", CVPR 2020, sec. 3.1): while training, evaluate an expensive penalty
+    on every ``every``-th call only, with its gradient scaled by ``every`` so the expected update is
+    unchanged; the calls in between return the last value as a constant (no gradient, nothing computed).
+
+    Outside training (no gradient recording) every call evaluates. The call counter ``reg._calls`` and
+    the cached value ``reg._lazy_value`` are plain private attributes, so training checkpoints keep them.
+    """
+    if every == 1 or not torch.is_grad_enabled():
+        return compute()
+    calls = getattr(reg, "_calls", 0)
+    reg._calls = calls + 1
+    cached = getattr(reg, "_lazy_value", None)
+    if calls % every and cached is not None:
+        return cached.clone()
+    value = compute()
+    reg._lazy_value = value.detach()
+    return value + (every - 1) * (value - value.detach())  # value unchanged, gradient × every
 
 
 def zero_like(outputs: Tensor) -> Tensor:

@@ -40,7 +40,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from regcollide.audit.matrices import WeightLayer
-from regcollide.regularizers.base import Regularizer, check_positive, full_precision, upcast, zero_like
+from regcollide.regularizers.base import (
+    Regularizer,
+    check_positive,
+    full_precision,
+    lazy_term,
+    upcast,
+    zero_like,
+)
 from regcollide.regularizers.selection import layer_stacks, select_layers
 
 
@@ -126,20 +133,23 @@ class HyperplaneDecorrelation(Regularizer):
         convention: ``paper`` or ``grouped`` layer matrices (as in the audit).
         layers: regex on layer names; empty selects all weight layers.
         seed: seed of the pair sampler (reproducible runs).
+        lazy_every: while training, evaluate on every N-th step with the gradient scaled by N (lazy
+            regularization, Karras et al. CVPR 2020); the steps in between cost nothing.
     """
 
     name = "decorrelation"
 
     def __init__(self, kappa: float = 10.0, tau: float = 0.0, use_bias: bool = False,
                  max_rows: int = 64, convention: Literal["paper", "grouped"] = "paper", layers: str = "",
-                 seed: int = 0):
+                 seed: int = 0, lazy_every: int = 8):
         check_positive("kappa", kappa)
+        check_positive("lazy_every", lazy_every)
         if max_rows < 2:
             raise ValueError(f"max_rows must be >= 2, got {max_rows!r}")
         if not 0 <= tau < 1:
             raise ValueError(f"tau must be in [0, 1), got {tau!r}")
         self.kappa, self.tau, self.use_bias, self.max_rows = float(kappa), float(tau), use_bias, max_rows
-        self.convention, self.layers, self.seed = convention, layers, seed
+        self.convention, self.layers, self.seed, self.lazy_every = convention, layers, seed, lazy_every
         self._generator = torch.Generator().manual_seed(seed)
 
     def penalty_of(self, rows: Tensor) -> Tensor:
@@ -150,6 +160,9 @@ class HyperplaneDecorrelation(Regularizer):
         return mean_pair_charge(rows, self.kappa, self.tau, chosen)
 
     def __call__(self, model: nn.Module, batch: dict[str, Tensor], outputs: Tensor) -> Tensor:
+        return lazy_term(self, self.lazy_every, lambda: self._penalty(model, outputs))
+
+    def _penalty(self, model: nn.Module, outputs: Tensor) -> Tensor:
         with full_precision(outputs):
             terms = [self.penalty_of(upcast(rows)) for layer in select_layers(model, self.layers)
                      for rows in layer_rows(layer, self.convention, self.use_bias) if rows.shape[0] >= 2]

@@ -54,7 +54,14 @@ import torch
 from torch import Tensor, nn
 
 from regcollide.audit.matrices import WeightLayer
-from regcollide.regularizers.base import Regularizer, check_positive, full_precision, upcast, zero_like
+from regcollide.regularizers.base import (
+    Regularizer,
+    check_positive,
+    full_precision,
+    lazy_term,
+    upcast,
+    zero_like,
+)
 from regcollide.regularizers.selection import layer_stacks, select_layers, smaller_gram
 from regcollide.regularizers.tracking import SingularTracker, tracked_eigenvalues
 
@@ -124,6 +131,8 @@ class MinSingularValuePenalty(Regularizer):
         convention: ``paper`` (reshaped kernel) or ``grouped`` (per-group blocks), as in the audit.
         conv_operator: ``reshape`` (default) or ``fft`` (operator singular values of stride-1 Conv2d).
         layers: regex on layer names (``regcollide.audit.matrices.iter_weight_layers``); empty selects all.
+        lazy_every: while training, evaluate on every N-th step with the gradient scaled by N (lazy
+            regularization, Karras et al. CVPR 2020); the steps in between cost nothing.
         track_every: run the tracker's Ritz step every N steps; in between, σ_min and σ_max are the
             float64 Rayleigh quotients ‖W v‖ of the cached vectors (upper / lower bounds, error second
             order in the weights' drift), one pass over the weights.
@@ -139,8 +148,9 @@ class MinSingularValuePenalty(Regularizer):
     def __init__(self, measure: Literal["ratio", "rms", "logdet"] = "ratio",
                  convention: Literal["paper", "grouped"] = "paper",
                  conv_operator: Literal["reshape", "fft"] = "reshape", layers: str = "",
-                 track_every: int = 4, refresh_every: int = 100, tolerance: float = 1e-3, iterations: int = 3,
-                 jitter: float = 1e-6):
+                 lazy_every: int = 8, track_every: int = 1, refresh_every: int = 100, tolerance: float = 1e-3,
+                 iterations: int = 3, jitter: float = 1e-6):
+        check_positive("lazy_every", lazy_every)
         check_positive("track_every", track_every)
         check_positive("refresh_every", refresh_every)
         check_positive("tolerance", tolerance)
@@ -151,6 +161,7 @@ class MinSingularValuePenalty(Regularizer):
         self.measure, self.convention, self.conv_operator = measure, convention, conv_operator
         self.layers, self.refresh_every, self.tolerance = layers, refresh_every, tolerance
         self.iterations, self.jitter, self.track_every = iterations, jitter, track_every
+        self.lazy_every = lazy_every
         self._input_sizes: dict[int, tuple[int, int]] = {}  # id(conv) -> (H, W) seen in forward
         self._hooks: list = []
         self._trackers: dict[tuple[str, int], SingularTracker] = {}  # (layer, stack) -> warm state
@@ -189,6 +200,9 @@ class MinSingularValuePenalty(Regularizer):
         return layer_stacks(layer, self.convention)
 
     def __call__(self, model: nn.Module, batch: dict[str, Tensor], outputs: Tensor) -> Tensor:
+        return lazy_term(self, self.lazy_every, lambda: self._penalty(model, outputs))
+
+    def _penalty(self, model: nn.Module, outputs: Tensor) -> Tensor:
         with full_precision(outputs):
             terms = [self._term(stack, (layer.name, position))
                      for layer in select_layers(model, self.layers)

@@ -37,15 +37,15 @@ def brute_force_charge(rows: torch.Tensor, kappa: float, tau: float) -> float:
 @pytest.mark.parametrize("tau", [0.0, 0.3])
 def test_matches_pairwise_reference_with_and_without_bias(tau):
     weight, bias = random_matrix(6, 4), random_matrix(6, 1, seed=1).squeeze(1)
-    reg = build_regularizer("decorrelation", kappa=7.0, tau=tau)
+    reg = build_regularizer("decorrelation", lazy_every=1, kappa=7.0, tau=tau)
     assert penalty(reg, linear(weight)).item() == pytest.approx(brute_force_charge(weight, 7.0, tau), rel=1e-10)
-    with_bias = build_regularizer("decorrelation", kappa=7.0, tau=tau, use_bias=True)
+    with_bias = build_regularizer("decorrelation", lazy_every=1, kappa=7.0, tau=tau, use_bias=True)
     expected = brute_force_charge(torch.cat([weight, bias[:, None]], dim=1), 7.0, tau)
     assert penalty(with_bias, linear(weight, bias)).item() == pytest.approx(expected, rel=1e-10)
 
 
 def test_zero_for_orthogonal_and_opposite_pairs_scale_invariant():
-    reg = build_regularizer("decorrelation")
+    reg = build_regularizer("decorrelation", lazy_every=1)
     basis = orthonormal(4, 4)
     assert penalty(reg, linear(basis)).item() == pytest.approx(0.0, abs=1e-12)
     # W = [B; -B] (Puthawala et al. 2022): opposite pairs are free, so still exactly 0.
@@ -58,7 +58,7 @@ def test_zero_for_orthogonal_and_opposite_pairs_scale_invariant():
 
 
 def test_gradcheck():
-    reg = build_regularizer("decorrelation", kappa=5.0, tau=0.1, use_bias=True)
+    reg = build_regularizer("decorrelation", lazy_every=1, kappa=5.0, tau=0.1, use_bias=True)
     weight = random_matrix(5, 3).requires_grad_(True)
     bias = random_matrix(5, 1, seed=2).squeeze(1).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda w, b: penalty(reg, linear(w, b)), (weight, bias))
@@ -66,8 +66,8 @@ def test_gradcheck():
 
 def test_sampled_pairs_are_unbiased():
     weight = random_matrix(40, 6, seed=4) + 0.5  # many positive cosines
-    exact = penalty(build_regularizer("decorrelation"), linear(weight)).item()
-    sampler = build_regularizer("decorrelation", max_rows=10, seed=1)  # 40 rows > 10: row subsets
+    exact = penalty(build_regularizer("decorrelation", lazy_every=1), linear(weight)).item()
+    sampler = build_regularizer("decorrelation", lazy_every=1, max_rows=10, seed=1)  # 40 rows > 10: row subsets
     draws = torch.tensor([penalty(sampler, linear(weight)).item() for _ in range(400)])
     assert draws.std() > 0  # it really samples
     standard_error = draws.std().item() / math.sqrt(len(draws))
@@ -83,7 +83,7 @@ def test_max_positive_cosine_reference():
 def test_conv_rows_are_output_channels():
     conv = nn.Conv2d(2, 3, 2, bias=False).double()
     kernel = random_matrix(3, 8).reshape(3, 2, 2, 2)
-    reg = build_regularizer("decorrelation", kappa=3.0)
+    reg = build_regularizer("decorrelation", lazy_every=1, kappa=3.0)
     value = penalty(reg, with_weight(conv, kernel)).item()
     assert value == pytest.approx(brute_force_charge(kernel.reshape(3, -1), 3.0, 0.0), rel=1e-10)
 
@@ -108,7 +108,7 @@ def test_soft_orthogonality_reference_zero_and_gradcheck():
 
 def test_no_matching_layer_is_a_clear_error():
     with pytest.raises(ValueError, match="no weight layer matches"):
-        build_regularizer("decorrelation", layers="^head$")(nn.Sequential(nn.Linear(3, 2)), DUMMY_BATCH,
+        build_regularizer("decorrelation", lazy_every=1, layers="^head$")(nn.Sequential(nn.Linear(3, 2)), DUMMY_BATCH,
                                                              DUMMY_OUT)
 
 

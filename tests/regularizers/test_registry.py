@@ -109,3 +109,25 @@ def test_weight_penalties_run_in_float32_under_bf16_autocast(name):
         term = reg(model, batch, outputs)
     assert term.dtype == torch.float32
     assert term.item() == pytest.approx(reg(model, batch, outputs.float()).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["singular", "decorrelation"])
+def test_lazy_regularization_scales_the_gradient_and_skips_the_work(name):
+    # Karras et al. 2020: every N-th training call evaluates with gradient × N; the others cost nothing.
+    layer = nn.Linear(6, 5)
+    torch.nn.init.normal_(layer.weight, generator=torch.Generator().manual_seed(0))
+    model = nn.Sequential(layer)
+    lazy, exact = build_regularizer(name, lazy_every=3), build_regularizer(name, lazy_every=1)
+    out = torch.zeros(1, 5)
+    for call in range(6):
+        value = lazy(model, {}, out)
+        reference = exact(model, {}, out)
+        assert value.item() == pytest.approx(reference.item(), rel=1e-6)  # weights unchanged: same value
+        if call % 3:
+            assert not value.requires_grad  # a constant: nothing to differentiate, nothing computed
+            continue
+        (lazy_grad,) = torch.autograd.grad(value, layer.weight)
+        (exact_grad,) = torch.autograd.grad(reference, layer.weight)
+        assert torch.allclose(lazy_grad, 3 * exact_grad, rtol=1e-5, atol=1e-7)
+    with torch.no_grad():  # evaluation: every call computes
+        assert lazy(model, {}, out).item() == pytest.approx(exact(model, {}, out).item(), rel=1e-6)

@@ -16,7 +16,7 @@ MEASURES = ["ratio", "rms", "logdet"]
 @pytest.mark.parametrize("shape", [(5, 3), (3, 5), (4, 4)])
 def test_reference_values_from_svd(measure, shape):
     weight = random_matrix(*shape)
-    reg = build_regularizer("singular", measure=measure, jitter=0.0)
+    reg = build_regularizer("singular", lazy_every=1, measure=measure, jitter=0.0)
     value = penalty(reg, with_weight(nn.Linear(shape[1], shape[0], bias=False), weight))
     sigma = torch.linalg.svdvals(weight)  # k = min(out, in) values: the row space of a wide matrix
     expected = {
@@ -30,7 +30,7 @@ def test_reference_values_from_svd(measure, shape):
 @pytest.mark.parametrize("measure", MEASURES)
 @pytest.mark.parametrize("shape", [(6, 3), (3, 6), (4, 4)])
 def test_zero_for_orthonormal_and_scale_invariant(measure, shape):
-    reg = build_regularizer("singular", measure=measure)
+    reg = build_regularizer("singular", lazy_every=1, measure=measure)
     ortho = penalty(reg, with_weight(nn.Linear(shape[1], shape[0], bias=False), orthonormal(*shape)))
     assert abs(ortho.item()) < 1e-9
     weight = random_matrix(*shape, seed=3)
@@ -44,7 +44,7 @@ def test_zero_for_orthonormal_and_scale_invariant(measure, shape):
 def test_wide_layer_acts_on_row_space():
     # Orthonormal rows: structural nullity 3, but nothing left to improve -> 0; a repeated row -> ~1.
     wide = orthonormal(3, 6)
-    reg = build_regularizer("singular", measure="ratio", jitter=0.0)
+    reg = build_regularizer("singular", lazy_every=1, measure="ratio", jitter=0.0)
     assert penalty(reg, with_weight(nn.Linear(6, 3, bias=False), wide)).item() < 1e-9
     collapsed = wide.clone()
     collapsed[2] = collapsed[1]  # rank 2: one unit of excess nullity
@@ -55,13 +55,13 @@ def test_wide_layer_acts_on_row_space():
 def test_gradcheck_linear_and_conv(measure):
     # one regularizer per model: the tracker keeps warm state per layer name
     for shape in [(5, 3), (3, 5)]:
-        reg = build_regularizer("singular", measure=measure)
+        reg = build_regularizer("singular", lazy_every=1, measure=measure)
         weight = random_matrix(*shape).requires_grad_(True)
         assert torch.autograd.gradcheck(
             lambda w, s=shape: penalty(reg, with_weight(nn.Linear(s[1], s[0], bias=False), w)), (weight,))
     kernel = torch.randn(3, 2, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     kernel.requires_grad_(True)
-    reg = build_regularizer("singular", measure=measure)
+    reg = build_regularizer("singular", lazy_every=1, measure=measure)
     assert torch.autograd.gradcheck(
         lambda k: penalty(reg, with_weight(nn.Conv2d(2, 3, 2, bias=False), k)), (kernel,))
 
@@ -94,13 +94,13 @@ def test_fft_operator_penalty_zero_for_orthogonal_operator_and_gradcheck():
     kernel = torch.zeros(3, 3, 3, 3, dtype=torch.float64)
     kernel[:, :, 1, 1] = orthonormal(3, 3)
     model = nn.Sequential(with_weight(conv, kernel))
-    reg = build_regularizer("singular", conv_operator="fft")
+    reg = build_regularizer("singular", lazy_every=1, conv_operator="fft")
     model = reg.setup(model)
     images = torch.rand(2, 3, 6, 6, dtype=torch.float64)
     outputs = model(images)
     assert abs(reg(model, DUMMY_BATCH, outputs).item()) < 1e-9
     # the reshaped-kernel view of the same conv is 3 x 27 with 3 orthonormal rows: also 0
-    assert abs(build_regularizer("singular")(model, DUMMY_BATCH, outputs).item()) < 1e-9
+    assert abs(build_regularizer("singular", lazy_every=1)(model, DUMMY_BATCH, outputs).item()) < 1e-9
     noisy = (kernel + 0.3 * torch.randn_like(kernel)).requires_grad_(True)
     assert reg(nn.Sequential(with_weight(conv, noisy)), DUMMY_BATCH, outputs).item() > 1e-3
     assert torch.autograd.gradcheck(lambda k: reg(nn.Sequential(with_weight(conv, k)), DUMMY_BATCH, outputs),
@@ -108,7 +108,7 @@ def test_fft_operator_penalty_zero_for_orthogonal_operator_and_gradcheck():
 
 
 def test_fft_needs_setup_and_forward():
-    reg = build_regularizer("singular", conv_operator="fft")
+    reg = build_regularizer("singular", lazy_every=1, conv_operator="fft")
     with pytest.raises(ValueError, match="setup"):
         reg(nn.Sequential(nn.Conv2d(1, 2, 3)), DUMMY_BATCH, DUMMY_OUT)
 
@@ -139,7 +139,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_value_and_gradient_accurate_at_small_ratios(ratio, shape):
     # A float32 Gram matrix reads σ_min/σ_max ≈ 1e-4..7e-4 here whatever the truth; the tracker works on W.
     weight = spectrum_matrix(*shape, ratio).requires_grad_(True)
-    reg = build_regularizer("singular", measure="ratio", jitter=0.0)
+    reg = build_regularizer("singular", lazy_every=1, measure="ratio", jitter=0.0)
     value = penalty(reg, with_weight(nn.Linear(shape[1], shape[0], bias=False), weight))
     sigma = torch.linalg.svdvals(weight.detach().double())  # the float32 weights' exact spectrum
     low, high = reg.extremes[("0", 0)]
@@ -156,7 +156,7 @@ def test_tracking_stays_accurate_while_the_weights_move(ratio):
     # use the cached vectors' Rayleigh quotients, an upper bound of σ_min and a lower bound of σ_max.
     weight = spectrum_matrix(40, 90, ratio, seed=2)
     layer = with_weight(nn.Linear(90, 40, bias=False), weight)
-    reg = build_regularizer("singular", measure="ratio", jitter=0.0, track_every=3)
+    reg = build_regularizer("singular", lazy_every=1, measure="ratio", jitter=0.0, track_every=3)
     gen, tracked = torch.Generator().manual_seed(5), 0
     for _ in range(30):
         layer.weight.data += (ratio * 0.02) * torch.randn(weight.shape, generator=gen)
@@ -177,7 +177,7 @@ def test_tracker_refreshes_when_the_smallest_direction_jumps():
     # A jump far larger than σ_min rotates its singular vector: the residual test must catch it.
     weight = spectrum_matrix(30, 60, 1e-5, seed=3)
     layer = with_weight(nn.Linear(60, 30, bias=False), weight)
-    reg = build_regularizer("singular", measure="ratio", jitter=0.0)
+    reg = build_regularizer("singular", lazy_every=1, measure="ratio", jitter=0.0)
     penalty(reg, layer)
     layer.weight.data += 1e-3 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(1))
     value = penalty(reg, layer)
@@ -192,9 +192,9 @@ def test_grouped_convention_uses_blocks():
     kernel[:2, :, 0, 0] = orthonormal(2, 2)
     kernel[2:, :, 0, 0] = 5 * orthonormal(2, 2, seed=1)  # each block orthogonal, different scales
     layer = with_weight(conv, kernel)
-    paper = penalty(build_regularizer("singular", convention="paper", jitter=0.0), layer).item()
+    paper = penalty(build_regularizer("singular", lazy_every=1, convention="paper", jitter=0.0), layer).item()
     sigma = torch.linalg.svdvals(kernel.reshape(4, -1))  # (4 x 2): its column Gram is 26 I
     assert paper == pytest.approx((1 - sigma.min() / sigma.max()).item(), abs=1e-10)
     # block diagonal operator: the union of block singular values {1, 1, 5, 5} -> ratio 1/5
-    grouped = penalty(build_regularizer("singular", convention="grouped", jitter=0.0), layer).item()
+    grouped = penalty(build_regularizer("singular", lazy_every=1, convention="grouped", jitter=0.0), layer).item()
     assert grouped == pytest.approx(1 - 1 / 5, abs=1e-10)

@@ -134,6 +134,7 @@ class PGD:
         x = images[ids]  # (B, C, H, W) clean inputs of the active samples
         alpha = eps * (self.alpha / self.eps)  # float or (B, 1, 1, 1)
         adv = x.clone() if noise is None else torch.clamp(x + eps * noise, min=0, max=1)
+        box = self._box(x, eps)  # L∞: the ε-ball ∩ [0, 1] as per-pixel bounds, computed once
         first_seen = torch.full_like(ids, -1)  # (B,) only tracked without early stop
         for t in range(self.steps + 1):
             last, step_count = t == self.steps, restart * self.steps + t
@@ -162,19 +163,31 @@ class PGD:
             if drop:
                 adv, x, grad, ids, tgt = adv[keep], x[keep], grad[keep], ids[keep], tgt[keep]
                 eps, alpha = _take(eps, keep), _take(alpha, keep)
-            adv = self._step(adv.detach(), x, grad, eps, alpha)
+                box = None if box is None else (box[0][keep], box[1][keep])
+            adv = self._step(adv.detach(), x, grad, eps, alpha, box)
         adv_out[ids] = adv.detach()  # last iterate (with early stop, a fooled one was already recorded)
         if not self.early_stop:
             success[ids[fooled]] = True
             # fooled mid-way but recovered is not a success in this mode
             first[ids] = torch.where(fooled, first_seen, -1)
 
-    def _step(self, adv: Tensor, x: Tensor, grad: Tensor, eps, alpha) -> Tensor:
-        """Ascent step, projection onto the ε-ball, clip to [0, 1] (torchattacks' order)."""
+    def _box(self, x: Tensor, eps) -> tuple[Tensor, Tensor] | None:
+        """L∞ only: (max(x − ε, 0), min(x + ε, 1)), the set the projection and the clip keep adv in."""
+        if self.norm != "linf":
+            return None
+        return (x - eps).clamp_(min=0), (x + eps).clamp_(max=1)
+
+    def _step(self, adv: Tensor, x: Tensor, grad: Tensor, eps, alpha, box) -> Tensor:
+        """Ascent step, projection onto the ε-ball, clip to [0, 1] (torchattacks' order).
+
+        For L∞ the projection and the clip are one clamp to the precomputed box: the same set as
+        torchattacks' clamp(adv − x, −ε, ε) + x then clamp(0, 1), in three passes over the batch instead
+        of six (equal up to the rounding of (adv − x) + x, one ulp).
+        """
         if self.norm == "linf":
-            # in place on fresh buffers, same operations and rounding as adv + α·sign(g), clamp(adv − x)
-            delta = adv.add_(grad.sign_().mul_(alpha)).sub_(x)
-            return delta.clamp_(min=-eps, max=eps).add_(x).clamp_(min=0, max=1)
+            step = grad.sign_()  # in place on autograd's fresh buffer
+            adv = adv.add_(step, alpha=alpha) if isinstance(alpha, float) else adv.addcmul_(step, alpha)
+            return adv.clamp_(min=box[0], max=box[1])
         b = adv.shape[0]
         grad = grad / (grad.reshape(b, -1).norm(p=2, dim=1) + 1e-10).view(b, 1, 1, 1)
         delta = (adv + alpha * grad) - x
