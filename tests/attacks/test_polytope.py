@@ -143,7 +143,10 @@ def test_evaluate_is_reproducible_and_has_the_contract_keys(mnist_test):
     assert first == second
     assert set(CONTRACT) <= set(first)
     assert first["sampler"] == "dirichlet(1)" and first["data_pairs"] == 2000 and len(first["per_target"]) == 2
-    assert first["distance_ratio"] == pytest.approx(first["vertex_distance"] / first["data_distance"])
+    # 30 steps cannot meet the stopping rule: no valid target, so no ratio; the budget-bound one is recorded
+    assert first["distance_ratio"] is None and first["vertex_distance"] is None and not first["converged"]
+    spread = sum(row["vertex_distance"] for row in first["per_target"]) / 2
+    assert first["distance_ratio_all"] == pytest.approx(spread / first["data_distance"])
     for row in first["per_target"]:
         assert labels[row["init_index"]] != labels[row["index"]]  # started from another digit
     third = evaluate_polytope(model, images[:50], labels[:50], **(kwargs | {"seed": 4})).to_dict()
@@ -179,6 +182,7 @@ def test_hinge_allows_larger_polytopes_than_li2019(trained_mlp, mnist_test):
     hinge = evaluate_polytope(trained_mlp, images[7:], labels[7:], loss="hinge", **common).to_dict()
     li = evaluate_polytope(trained_mlp, images[7:], labels[7:], loss="li2019", **common).to_dict()
     assert li["success_rate"] >= 0.99 and hinge["success_rate"] >= 0.99
-    assert hinge["vertex_distance"] > 1.5 * li["vertex_distance"]
+    # 800 steps is a budget, not convergence: compare the budget-bound spreads, which every target records
+    assert hinge["per_target"][0]["vertex_distance"] > 1.5 * li["per_target"][0]["vertex_distance"]
     # li2019 holds the other inactive units *near* zero, so some end slightly positive: a looser collision
     assert hinge["max_rel_feature_residual"] < li["max_rel_feature_residual"] < 0.15
