@@ -60,8 +60,9 @@ class EpochSampler(Sampler[int]):
 class RegularizerStates:
     """Checkpointable hidden state of the regularizers (samplers' generators, step counters, caches).
 
-    A regularizer with its own ``state_dict``/``load_state_dict`` provides it; otherwise its private
-    ``torch.Generator``, int and tensor attributes are saved, which is what the shipped ones hold.
+    Every regularizer's private ``torch.Generator``, int and tensor attributes are saved (the lazy
+    regularization counter and cached value, samplers' generators); a regularizer with its own
+    ``state_dict``/``load_state_dict`` (e.g. warm singular-value trackers) saves that too.
     """
 
     def __init__(self, regularizers: list) -> None:
@@ -70,25 +71,22 @@ class RegularizerStates:
     def state_dict(self) -> dict:
         out = {}
         for i, reg in enumerate(self.regularizers):
-            if hasattr(reg, "state_dict"):
-                out[str(i)] = reg.state_dict()
-                continue
             hidden = {}
             for key, value in vars(reg).items():
                 if isinstance(value, torch.Generator):
                     hidden[key] = ("generator", value.get_state())
-                elif key.startswith("_") and isinstance(value, (int, torch.Tensor)):
+                elif key.startswith("_") and isinstance(value, (int, torch.Tensor)) and not isinstance(value, bool):
                     hidden[key] = ("value", value)
-            out[str(i)] = hidden
+            own = reg.state_dict() if hasattr(reg, "state_dict") else None
+            out[str(i)] = {"hidden": hidden, "own": own}
         return out
 
     def load_state_dict(self, state: dict) -> None:
         for i, reg in enumerate(self.regularizers):
-            saved = state.get(str(i), {})
-            if hasattr(reg, "load_state_dict"):
-                reg.load_state_dict(saved)
-                continue
-            for key, (kind, value) in saved.items():
+            saved = state[str(i)]
+            if saved["own"] is not None:
+                reg.load_state_dict(saved["own"])
+            for key, (kind, value) in saved["hidden"].items():
                 if kind == "generator":
                     getattr(reg, key).set_state(value)
                 else:
