@@ -164,3 +164,23 @@ def test_a_state_for_another_architecture_is_unusable(tmp_path):
     other.model[1] = nn.Linear(16, 8)
     with pytest.raises(CheckpointError, match="no usable training state"):
         restore_newest(tmp_path, other, 0, lambda line: None)
+
+
+def test_regularizer_private_counters_and_own_state_both_round_trip(tmp_path):
+    obj = resumable()
+    singular = build_regularizer("singular")
+    obj.regularizers.regularizers.append(singular)
+    batch = {"image": torch.zeros(2, 16), "label": torch.zeros(2, dtype=torch.long), "index": torch.arange(2)}
+    for _ in range(3):  # lazy regularization counts calls; the warm trackers fill on evaluated calls
+        singular(obj.model, batch, obj.model(batch["image"]))
+    save_at(tmp_path, obj, 3)
+
+    fresh = resumable(seed=5)
+    fresh.regularizers.regularizers.append(build_regularizer("singular"))
+    restore_newest(tmp_path, fresh, 0, print)
+    loaded = fresh.regularizers.regularizers[1]
+    assert loaded._calls == singular._calls == 3
+    assert loaded._lazy_value.equal(singular._lazy_value)
+    assert loaded._trackers.keys() == singular._trackers.keys() and singular._trackers
+    for key, tracker in singular._trackers.items():
+        assert loaded._trackers[key].high.equal(tracker.high) and loaded._trackers[key].age == tracker.age
