@@ -1,7 +1,9 @@
 """The weight-spectrum audit (Ozbulak et al., "Exact Feature Collisions in Neural Networks", Table 1).
 
-``matrices`` turns layers into weight matrices, ``rank`` is the certified rank engine and ``spectrum``
-computes ν, μ and nullity. The package namespace stays light (names resolve on first use) because the
+``matrices`` turns layers into weight matrices, ``rank`` is the certified rank engine (``certify`` its
+float64 Gram, Cholesky certificates and Lanczos estimates, ``cosines`` the row cosines), ``spectrum``
+computes ν, μ and nullity, and ``noise`` what random weights of the same shapes would give. The package
+namespace stays light (names resolve on first use) because the
 regularizers and the Null-space search import ``regcollide.audit.matrices`` on their own.
 """
 
@@ -10,7 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_EXPORTS = {"audit": "spectrum", "AuditResult": "spectrum", "LayerAudit": "spectrum"}
+_EXPORTS = {"audit": "spectrum", "AuditResult": "spectrum", "LayerAudit": "spectrum",
+            "expected_random_count": "noise", "SENSITIVITY_FACTORS": "noise", "NonFiniteWeightsError": "rank"}
 __all__ = sorted(_EXPORTS)
 
 
