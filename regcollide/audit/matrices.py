@@ -3,7 +3,7 @@
 Every analysis in regcollide that reasons about "the matrix of a layer" (the spectrum audit, the
 Null-space search, the singular-value regularizers) goes through this file, so that all of them agree on
 which tensors count and how a convolution becomes a matrix. The conventions follow
-``DESIGN.md`` (Conventions), after Ozbulak et al., "Exact Feature Collisions in Neural Networks"
+``docs/design.md`` (Conventions), after Ozbulak et al., "Exact Feature Collisions in Neural Networks"
 (arXiv 2022), Table 1:
 
 - ``Linear``: ``weight``, shape (out, in).

@@ -94,7 +94,7 @@ class LayerAudit:
 
 @dataclass
 class AuditResult:
-    """Model-level audit; ``to_dict()`` gives the DESIGN.md audit contract plus extras."""
+    """Model-level audit; ``to_dict()`` gives the audit contract of docs/design.md plus extras."""
 
     model: str
     convention: str
