@@ -1,24 +1,10 @@
-"""Weight matrices of a network, one per auditable layer, in registration and in forward order.
+"""Forward-order tracing: which weight layer the input meets first, found by hooks on one forward pass.
 
-Every analysis in regcollide that reasons about "the matrix of a layer" (the spectrum audit, the
-Null-space search, the singular-value regularizers) goes through this file, so that all of them agree on
-which tensors count and how a convolution becomes a matrix. The conventions follow
-``docs/design.md`` (Conventions), after Ozbulak et al., "Exact Feature Collisions in Neural Networks"
-(arXiv 2022), Table 1:
-
-- ``Linear``: ``weight``, shape (out, in).
-- ``ConvNd`` (1d/2d/3d, any groups/dilation/stride): the **paper** convention is
-  ``weight.reshape(out, -1)``, shape (out, in/g * prod(k)). The **grouped** convention gives one block
-  per group, (out/g) x (in/g * prod(k)); nullities are summed over the blocks.
-- ``ConvTransposeNd``: the map from one input position's channels to its output window. Its weight is
-  (in, out/g, *k), so the matrix is ``weight.reshape(in, -1).T``, shape (out/g * prod(k), in) in the
-  paper convention, and per group (out/g * prod(k)) x (in/g) in the grouped convention.
-- ``nn.MultiheadAttention``: ``in_proj_weight`` (3E, E), or ``q_proj_weight``/``k_proj_weight``/
-  ``v_proj_weight`` when key/value dims differ, plus ``out_proj`` (E, E). timm attention blocks use a
-  plain ``nn.Linear`` for qkv, which is simply a Linear here.
-
-All matrices are views/reshapes of the live parameters: no ``detach``, no ``.data``, so regularizers
-can backpropagate through them.
+The spectrum audit's nullity(W1) and the Null-space search (Ozbulak et al., "Exact Feature Collisions in
+Neural Networks", 2022, Definition 4) both need W1, the first weight applied to the input. Registration
+order is unreliable (heads are often registered before stems), so we run one forward pass in eval mode
+with pre-hooks on every auditable layer (``regcollide.audit.matrices``) and stop it at the first one.
+torchvision detection models take a list of images; ``example_inputs`` builds the right call.
 """
 
 from __future__ import annotations
