@@ -133,9 +133,11 @@ def _certify_full_rank(grams: Tensor, delta: Tensor, rule: _Rule) -> tuple[Tenso
     sig_min = torch.full_like(theta, math.nan)
     if bool(certified.any()):
         # Lanczos on (G - c I)^-1 through the Cholesky factor: its top Ritz value is ~1 / (lambda_min - c).
-        inv = lanczos_top(lambda q: _cholesky_solve(factor, q), (bsz, k), _LANCZOS_STEPS, grams.dtype,
+        # Only certified items: a failed factorization holds garbage that must not reach the eigensolver.
+        ok, done = certified.nonzero()[:, 0], factor[certified]
+        inv = lanczos_top(lambda q: _cholesky_solve(done, q), (len(ok), k), _LANCZOS_STEPS, grams.dtype,
                           grams.device)
-        sig_min = (floor + shift + 1.0 / inv.clamp_min(1e-300)).sqrt()
+        sig_min[ok] = (floor[ok] + shift[ok] + 1.0 / inv.clamp_min(1e-300)).sqrt()
     return certified, sig_min, theta.sqrt()
 
 
