@@ -28,7 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BUSY = "import torch\ntorch.set_num_threads(2)\na = torch.randn(800, 800)\nwhile True:\n    a = (a @ a).tanh()\n"
-QUICK_SETTINGS = {"parts": ["clean", "pgd", "autoattack"], "n": 100, "autoattack_n": 40, "pgd_steps": 20}
+QUICK_SETTINGS = {"parts": ["clean", "pgd", "autoattack"], "n": 100, "autoattack_n": 20, "pgd_steps": 10}
 
 
 def train_default_run(folder: Path) -> Path:
@@ -72,7 +72,7 @@ def timed(fn: Callable[[], None], busy: bool) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="clean + PGD + AutoAttack on 100/40 images, in-process")
+    parser.add_argument("--quick", action="store_true", help="clean + PGD + AutoAttack on 100/20 images, in-process")
     parser.add_argument("--run", type=Path, default=None, help="run folder to evaluate (default: train one)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -93,7 +93,7 @@ def main() -> None:
 
 def report(times: dict, quick: bool) -> None:
     med = {key: statistics.median(v) for key, v in times.items()}
-    what = "quick eval (clean, PGD, AutoAttack; 100/40 images)" if quick else "regcollide eval, default run"
+    what = "quick eval (clean, PGD, AutoAttack; 100/20 images)" if quick else "regcollide eval, default run"
     print(f"\n{what}: median of {len(next(iter(times.values())))} repeats")
     for threads in (0, 2):
         label = "auto (1 thread for small models)" if threads == 0 else "2 threads (baseline)"
