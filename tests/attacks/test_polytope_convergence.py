@@ -65,9 +65,10 @@ def test_a_search_cut_short_by_the_budget_is_flagged_not_reported(trained_mlp, m
 
 def test_residual_not_below_the_random_sphere_control_is_a_failure(trained_mlp, mnist_test):
     images, labels = mnist_test
-    # a push weight 10⁴ times the default: the vertices give up the features for the pushed units
-    result = evaluate_polytope(trained_mlp, images, labels, steps=400, beta=10.0, targets=1, samples=200,
-                               data_images=images[:200], **QUICK)
+    # a push weight 10⁶ times the default and no hold: each vertex runs along its unit's weight row, which
+    # moves the features far more than random directions of the same length (measured: 3.7 against 2.0)
+    result = evaluate_polytope(trained_mlp, images, labels, steps=400, beta=1000.0, hold=0.0, targets=1,
+                               samples=200, data_images=images[:200], **QUICK)
     d = result.to_dict()
     row = d["per_target"][0]
     assert row["failed"] and row["max_rel_feature_residual"] >= row["ball_mean_rel_feature_residual"]
