@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from regcollide.reports.study.bootstrap import group_counts, hierarchical_bootstrap
@@ -86,6 +87,19 @@ def secondary(rows: list[dict], outcomes: tuple[str, ...] = OUTCOMES) -> list[di
     return tests
 
 
+def dose_tests(rows: list[dict], outcome: str = "pgd_eps_star") -> list[dict]:
+    """Exploratory: Spearman of each family's level against ``outcome`` over its models (one family each)."""
+    out = []
+    for fam in sorted({r["family"] for r in rows}):
+        sub = [r for r in rows if r["family"] == fam and r.get(outcome) is not None]
+        if len({r["level"] for r in sub}) < 2 or len({r[outcome] for r in sub}) < 2:
+            continue
+        res = stats.spearmanr([r["level"] for r in sub], [r[outcome] for r in sub])
+        out.append({"family": fam, "outcome": outcome, "n": len(sub), "levels": len({r["level"] for r in sub}),
+                    "rho": float(res.statistic), "p": float(res.pvalue)})
+    return out
+
+
 def defense_pairs(rows: list[dict], baseline: str) -> list[tuple[str, str]]:
     configs = sorted({r["config"] for r in rows if r["config"] != baseline})
     return [(c, baseline) for c in configs]
@@ -107,6 +121,6 @@ def analyze(rows: list[dict], n_boot: int = 1000, baseline: str = "width-256") -
              if n_configs > k + 3 else None}
     return {"n_models": len(rows), "n_configs": n_configs, "families": sorted({r["family"] for r in rows}),
             "power": power, "primary": primary(rows, n_boot), "secondary": secondary(rows),
-            "exploratory": secondary(rows, EXPLORATORY_OUTCOMES),
+            "exploratory": secondary(rows, EXPLORATORY_OUTCOMES), "dose": dose_tests(rows),
             "defense": defense_table(rows, defense_pairs(rows, baseline), list(DEFENSE_OUTCOMES)),
             "baseline": baseline, "equivalence_bound": EQUIVALENCE_BOUND, "alpha": ALPHA}

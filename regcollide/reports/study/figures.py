@@ -14,7 +14,7 @@ from scipy import stats  # noqa: E402
 from regcollide.reports.study.table import LABELS  # noqa: E402
 
 # The structural quantity each family is meant to move (what its audit panel shows).
-TARGETS = {"width": "first_nullity", "proj": "first_nullity", "rank": "min_rank", "pm": "first_nullity",
+TARGETS = {"width": "first_nullity", "proj": "first_nullity", "rank": "second_rank", "pm": "first_nullity",
            "singular": "mean_sigma_ratio", "decorrelation": "mean_max_cosine", "distill": "first_nullity",
            "pgd_at": "first_nullity", "trades": "first_nullity"}
 PANELS = ("pgd_eps_star", "fab_eps_star", "robust_0.1", "clean_acc")

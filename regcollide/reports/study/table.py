@@ -15,7 +15,8 @@ EXPLORATORY_OUTCOMES = ("polytope_ratio_unconverged",)  # added after the pre-re
 COVARIATES = ("clean_acc", "log_params")
 LABELS = {
     "first_nullity": "nullity(W1)", "nu_frac": "ν / n_W", "mu_frac": "μ / n_W", "total_nullity": "total nullity",
-    "mean_sigma_ratio": "mean σ_min/σ_max", "min_rank": "min layer rank", "mean_max_cosine": "mean max cosine",
+    "mean_sigma_ratio": "mean σ_min/σ_max", "min_rank": "min layer rank", "second_rank": "rank of layer 2",
+    "mean_max_cosine": "mean max cosine",
     "pgd_eps_star": "median ε* (PGD)", "fab_eps_star": "median ε* (FAB)", "robust_0.1": "robust acc ε=0.1",
     "robust_0.3": "robust acc ε=0.3", "polytope_ratio": "polytope distance ratio",
     "polytope_ratio_unconverged": "polytope distance ratio (not converged)",
@@ -45,6 +46,7 @@ def row(entry: dict) -> dict:
          "first_nullity": s["first_nullity"], "nu_frac": s["nu_frac"], "mu_frac": s["mu_frac"],
          "total_nullity": s["total_nullity"], "mean_sigma_ratio": _num(s.get("mean_sigma_ratio")),
          "min_rank": min(layer["rank"] for layer in layers),
+         "second_rank": layers[1]["rank"] if len(layers) > 1 else None,  # mlp-rank-r*: the bottleneck
          "mean_max_cosine": _mean([_num(layer.get("max_cosine")) for layer in layers]),
          "n_params": s["n_params"], "log_params": math.log(s["n_params"]),
          "clean_acc": pgd[first_eps]["clean_acc"], "pgd_eps_star": _num(pgd[first_eps]["median_eps_star"]),
