@@ -19,6 +19,10 @@ _EXPORTS: dict[str, str] = {
     "list_models": "regcollide.models:list_models",
     "register_model": "regcollide.models.registry:register_model",
     "load_dataset": "regcollide.data:load_dataset",
+    "Augmentation": "regcollide.data.augment:Augmentation",
+    "DataError": "regcollide.data:DataError",
+    "load_weights_file": "regcollide.models.weights:load_weights_file",
+    "resolve_device": "regcollide.models.device:resolve_device",
     "load_tensors": "regcollide.data:load_tensors",
     "make_loader": "regcollide.data:make_loader",
     # run folders and safe I/O
@@ -28,9 +32,13 @@ _EXPORTS: dict[str, str] = {
     # the audit
     "audit_model": "regcollide.audit.spectrum:audit",
     "AuditResult": "regcollide.audit.spectrum:AuditResult",
+    "expected_random_count": "regcollide.audit.noise:expected_random_count",
+    "NonFiniteWeightsError": "regcollide.audit.rank:NonFiniteWeightsError",
+    "Flag": "regcollide.attacks.checks:Flag",
     # evaluators
     "PGD": "regcollide.attacks.pgd.attack:PGD",
     "evaluate_pgd": "regcollide.attacks.pgd.ease:evaluate_pgd",
+    "exact_polytope_vertices": "regcollide.attacks.polytope.exact:exact_vertices",
     "evaluate_autoattack": "regcollide.attacks.autoattack:evaluate_autoattack",
     "NullspaceSearch": "regcollide.attacks.nullspace.search:NullspaceSearch",
     "evaluate_nullspace": "regcollide.attacks.nullspace.search:evaluate_nullspace",
@@ -44,12 +52,21 @@ _EXPORTS: dict[str, str] = {
     # evaluation and reports
     "EvalSettings": "regcollide.evaluation.settings:EvalSettings",
     "evaluate_run": "regcollide.evaluation.evaluate:evaluate_run",
-    "load_entries": "regcollide.reports.leaderboard:load_entries",
+    "evaluate_model": "regcollide.evaluation.evaluate:evaluate_model",
+    "benchmark": "regcollide.evaluation.benchmark:benchmark",
+    "write_model_info": "regcollide.reports.robustbench:write_model_info",
+    "group_by_threat_model": "regcollide.reports.entries:group_by_threat_model",
+    "load_entries": "regcollide.reports.entries:load_entries",
     "write_leaderboard": "regcollide.reports.leaderboard:write_leaderboard",
     "correlate_entries": "regcollide.reports.correlation:correlate_entries",
     "write_correlation_report": "regcollide.reports.correlation_report:write_correlation_report",
     # training
     "load_config": "regcollide.training.config:load_config",
+    "train": "regcollide.training.loop:train",
+    "RunResult": "regcollide.training.loop:RunResult",
+    "Callback": "regcollide.training.callbacks:Callback",
+    "StopAfterSteps": "regcollide.training.callbacks:StopAfterSteps",
+    "Converged": "regcollide.training.callbacks:Converged",
 }
 
 __all__ = sorted(_EXPORTS)
