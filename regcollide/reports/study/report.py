@@ -65,7 +65,19 @@ def _conduct_lines(rows: list[dict]) -> list[str]:
             f"(epochs: min {epochs[0]}, median {epochs[len(epochs) // 2]}, max {epochs[-1]}).",
             "- PGD ε* is bisected in 4 steps, so medians lie on a grid of 0.1/16 (below 0.1) and 0.3/16 "
             "(above); FAB gives a continuous second estimate on 50 images. FMN is not implemented.",
-            "- The ViT patch-size intervention of the issue is not in this design (CPU budget)."]
+            "- The ViT patch-size intervention of the issue is not in this design (CPU budget).",
+            f"- PGD sanity flags: {_flag_counts(rows)}."]
+
+
+def _flag_counts(rows: list[dict]) -> str:
+    counts: dict[str, set] = {}
+    for r in rows:
+        for flag in r.get("pgd_flags") or []:
+            counts.setdefault(flag, set()).add(r["name"])
+    if not counts:
+        return "none"
+    return "; ".join(f"`{k}` on {len(v)} models ({', '.join(sorted(v)[:6])}{', …' if len(v) > 6 else ''})"
+                     for k, v in sorted(counts.items()))
 
 
 def _secondary_table(tests: list[dict]) -> list[str]:

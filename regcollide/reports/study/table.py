@@ -55,7 +55,8 @@ def row(entry: dict) -> dict:
          # the ratio over all targets whether or not the search met its stopping rule (exploratory outcome)
          "polytope_ratio_unconverged": _num(poly.get("distance_ratio_all")) if poly else None,
          "nullspace_valid": null["valid_count"] / null["n"] if null and null.get("n") else None,
-         "epochs": entry["train"]["epochs"], "converged": entry["train"]["converged"]}
+         "epochs": entry["train"]["epochs"], "converged": entry["train"]["converged"],
+         "pgd_flags": sorted({f["id"] for res in pgd.values() for f in res.get("flags", [])})}
     for eps, res in pgd.items():
         r[f"robust_{eps}"] = res["robust_acc"]
     if out.get("autoattack"):
