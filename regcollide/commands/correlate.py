@@ -7,19 +7,20 @@ from pathlib import Path
 import click
 
 from regcollide.commands.options import user_errors
+from regcollide.commands.types import count, finite
 
 
 @click.command("correlate")
 @click.argument("entries_dir", metavar="DIR", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out", type=click.Path(file_okay=False), required=True,
               help="Output folder for report.md, scatter.png, correlations.csv and correlations.json.")
-@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
+@click.option("--alpha", type=finite(0, 1, min_open=True, max_open=True), default=0.05,
               show_default=True, help="Family-wise error rate for the Holm correction.")
-@click.option("--n-boot", type=click.IntRange(min=100, max=1_000_000), default=2000, show_default=True,
+@click.option("--n-boot", type=count(100, 1_000_000), default=2000, show_default=True,
               help="Bootstrap resamples for the 95% confidence intervals.")
-@click.option("--n-perm", type=click.IntRange(min=99, max=1_000_000), default=9999, show_default=True,
+@click.option("--n-perm", type=count(99, 1_000_000), default=9999, show_default=True,
               help="Monte Carlo permutations for p-values above 8 models (exact enumeration up to 8).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap and permutations.")
+@click.option("--seed", type=count(min=0), default=0, show_default=True, help="Seed of the bootstrap and permutations.")
 @click.option("--per-threat-model", is_flag=True,
               help="Analyse each threat model (dataset, norm, ε) separately, in OUT/<dataset>-<norm>-eps<ε>/, "
                    "instead of refusing entries from more than one.")

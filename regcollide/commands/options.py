@@ -15,6 +15,8 @@ from pathlib import Path
 
 import click
 
+from regcollide.commands.types import count
+
 DATA_HELP = ("Dataset spec: mnist5k (embedded), hf:<id>[:<config>], parquet:<path> or imagefolder:<dir>; "
              "any split the source has (train, test, validation...).")
 MODEL_HELP = ("MODEL: a registry name (regcollide models), timm:<name>, hf-hub:<repo>, tv:<name>, "
@@ -55,9 +57,9 @@ def data_options(default_n: int = 100) -> Callable:
     """--data SPEC, --n N, --seed S."""
 
     def wrap(fn: Callable) -> Callable:
-        fn = click.option("--seed", type=int, default=0, show_default=True,
+        fn = click.option("--seed", type=count(min=0), default=0, show_default=True,
                           help="Seed for sample selection and random starts.")(fn)
-        fn = click.option("--n", "n", type=click.IntRange(min=1), default=default_n, show_default=True,
+        fn = click.option("--n", "n", type=count(), default=default_n, show_default=True,
                           help="Number of test images to use.")(fn)
         return click.option("--data", "data", default="mnist5k", show_default=True, help=DATA_HELP)(fn)
 
