@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 help:
 	@echo "make run    - create .venv, install, train configs/default.yaml on mnist5k, print a summary"
 	@echo "make test   - create .venv, install, run the test suite"
-	@echo "make study  - train and evaluate the correlation-study zoo (configs/zoo/), write docs/study/"
+	@echo "make study  - run the pre-registered collision study from scratch into docs/study/ (about 30 min on 2 cores)"
+	@echo "make study-quick - the same pipeline at CI size into study-quick/ (a few minutes)"
 	@echo "make bench  - run the speed benchmarks in their quick mode (a few minutes)"
 	@echo "make bench-full - the long benchmarks (VGG-16, ViT-B/16, every registry model)"
 	@echo "make table1 - audit the Table-1 architectures into docs/table1.md"
@@ -36,7 +37,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 study: $(STAMP)
-	$(BIN)/python eval/study.py
+	$(BIN)/python eval/study/run.py --fresh --jobs 2 --budget-minutes 44
+
+study-quick: $(STAMP)
+	$(BIN)/python eval/study/run.py --quick --out study-quick
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b --quick || exit 1; done
@@ -51,4 +55,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check regcollide train eval benchmarks tests
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs study-quick .pytest_cache

@@ -32,7 +32,7 @@ cannot shrink the structural kernel: in − out input directions still map to ze
 allow (Ozbulak et al.'s Null-space search on a wide first layer) remain. Only a change of architecture
 (out ≥ in) removes those.
 
-Convolutions. By default a conv contributes its reshaped kernel, the paper convention of DESIGN.md (or per
+Convolutions. By default a conv contributes its reshaped kernel, the paper convention of docs/design.md (or per
 group blocks with ``convention="grouped"``). With ``conv_operator="fft"`` each stride-1, dilation-1 Conv2d
 is instead treated as the linear operator it applies to its whole input: following Sedghi, Gupta & Long,
 "The Singular Values of Convolutional Layers" (ICLR 2019), the singular values of the circular convolution

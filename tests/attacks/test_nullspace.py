@@ -14,7 +14,7 @@ from regcollide.models import create_model
 
 CONTRACT = ("model first_layer nullity exact n beta linf_mean l2_mean max_abs_output_residual "
             "max_rel_output_residual max_rel_first_layer_residual prediction_agreement").split()
-TARGET = 1e-5  # max relative output residual of an exact collision in float32 (issue 4)
+TARGET = 1e-5  # max relative output residual of an exact collision in float32 (docs/design.md)
 
 
 @pytest.fixture(scope="module")

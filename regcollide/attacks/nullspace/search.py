@@ -36,7 +36,7 @@ from regcollide.attacks.nullspace.perturb import MODES, default_mask, make_pertu
 __all__ = ["MODES", "NullspaceError", "NullspaceOutput", "NullspaceResult", "NullspaceSearch",
            "evaluate_nullspace"]
 
-# a float32 collision is "at rounding level" below this; the acceptance target of DESIGN.md / issue 4
+# a float32 collision is "at rounding level" below this; the exactness target in docs/design.md
 EXACT_TOLERANCE = 1e-5
 # Two images closer than one 8-bit grey level (1/255) in L2 are the same picture once saved; float32
 # round-off differences (~1e-10) are far below it. Collisions that moved less do not count as found.
@@ -203,7 +203,7 @@ def measure(model: nn.Module, layer_name: str, images: Tensor, others: Tensor, k
 
 @dataclass
 class NullspaceResult:
-    """DESIGN.md nullspace contract plus extras (noise baseline, approximate ratio, verdict reason)."""
+    """The nullspace JSON contract of docs/design.md plus extras (noise baseline, approximate ratio, verdict reason)."""
 
     model: str
     first_layer: str

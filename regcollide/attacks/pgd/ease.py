@@ -25,7 +25,7 @@ from regcollide.attacks.pgd.attack import NORMS, PGD
 
 @dataclass
 class PGDResult:
-    """The DESIGN.md `pgd` contract plus extras. Accuracies are fractions of all n samples."""
+    """The `pgd` JSON contract of docs/design.md plus extras. Accuracies are fractions of all n samples."""
 
     norm: str
     eps: float
