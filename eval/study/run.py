@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                     "models_per_hour": round(3600 * counts["run"] / wall, 1) if counts["run"] else None},
                    args.out / "run.json")
     p = result["primary"]
-    r = "–" if p.get("r") is None else f"{p['r']:+.3f} (p = {p['p']:.3g})"
+    r = f"not computable ({p.get('skipped')})" if p.get("r") is None or p.get("skipped") else \
+        f"{p['r']:+.3f} (p = {p['p']:.3g})"
     print(f"study: {result['n_models']} models, primary partial Spearman {r} -> {args.out / 'report.md'}")
     return 0
 
