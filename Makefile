@@ -40,7 +40,7 @@ study: $(STAMP)
 	$(BIN)/python eval/study/run.py --fresh --jobs 2 --budget-minutes 44
 
 study-quick: $(STAMP)
-	$(BIN)/python eval/study/run.py --quick --out study-quick
+	$(BIN)/python eval/study/run.py --quick --out study-quick --runs runs/study-quick
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b --quick || exit 1; done

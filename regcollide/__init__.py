@@ -60,6 +60,11 @@ _EXPORTS: dict[str, str] = {
     "write_leaderboard": "regcollide.reports.leaderboard:write_leaderboard",
     "correlate_entries": "regcollide.reports.correlation:correlate_entries",
     "write_correlation_report": "regcollide.reports.correlation_report:write_correlation_report",
+    "partial_spearman": "regcollide.reports.study.correlation:partial_spearman",
+    "tost_correlation": "regcollide.reports.study.correlation:tost_correlation",
+    "hierarchical_bootstrap": "regcollide.reports.study.bootstrap:hierarchical_bootstrap",
+    "mixed_effects": "regcollide.reports.study.mixed:mixed_effects",
+    "required_n": "regcollide.reports.study.power:required_n",
     # training
     "load_config": "regcollide.training.config:load_config",
     "train": "regcollide.training.loop:train",
