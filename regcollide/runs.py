@@ -55,6 +55,12 @@ def load_run(run_dir: str | os.PathLike) -> tuple[nn.Module, dict]:
     config = read_run_config(run_dir)
     model = build_model_from_config(config)
     load_weights(model, Path(run_dir) / WEIGHTS_FILE)
+    # NaN/inf weights make every audit rank and attack number meaningless (or crash tolerance checks).
+    bad = next((k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()),
+               None)
+    if bad is not None:
+        raise CheckpointError(f"{Path(run_dir) / WEIGHTS_FILE} holds NaN or inf values in '{bad}': the training "
+                              "that wrote it diverged; retrain, or resume from an earlier state.")
     return model.eval(), config
 
 

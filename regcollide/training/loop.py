@@ -197,9 +197,11 @@ def _run(s: _Session) -> RunResult:
                dynamic_ncols=True, disable=not (acc.is_main_process and s.config.train.progress))
     outcome = CONTINUE
     s.model.train()
-    while s.state.epoch < s.config.train.epochs and outcome == CONTINUE:
-        outcome = _train_epoch(s, bar)
-    bar.close()
+    try:
+        while s.state.epoch < s.config.train.epochs and outcome == CONTINUE:
+            outcome = _train_epoch(s, bar)
+    finally:
+        bar.close()  # so an error (full disk, divergence) is printed on its own line, not glued to the bar
     train_seconds = time.perf_counter() - started
     model = _finalize(s)
     if outcome == PAUSE:  # the state is saved; no model.safetensors, so the run folder still reads as unfinished
