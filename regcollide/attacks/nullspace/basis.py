@@ -303,19 +303,7 @@ def build_plan(model: nn.Module, input_shape: tuple[int, int, int], approx_vecto
     common = dict(layer_name=layer.name, layer_kind=kind, input_shape=input_shape, scale=a,
                   normalization_folded=folded)
     if kind == "linear":
-        d = matrix.shape[1]
-        if u_shape[-1] != d:
-            raise NullspaceError(f"Linear first layer expects {d} inputs but sees {u_shape}.")
-        # rows of the flattened image are the patches; a varies per pixel, so every row has its own
-        # folded matrix; we only support the (common) case of identical rows (one row or a per-channel a).
-        a_rows = a.reshape(-1, d)
-        if not torch.allclose(a_rows, a_rows[:1].expand_as(a_rows)):
-            raise NullspaceError("the normalization before the Linear first layer differs between its rows.")
-        folded_matrix = matrix.double() * a_rows[0]  # W1 · diag(a)
-        basis, rank = kernel_basis(folded_matrix, rtol)
-        plan = KernelPlan("linear", True, "Linear first layer: W1·φ = 0 exactly for φ ∈ ker(W1)",
-                          nullity=d - rank, patch_dim=d, basis=basis, extra={"folded": folded_matrix}, **common)
-        return _store(module, key, _require_kernel(plan))
+        return _store(module, key, _require_kernel(_linear_plan(matrix, a, u_shape, rtol, common)))
     if tuple(u_shape) != input_shape:
         raise NullspaceError(f"the first conv sees input {u_shape}, not the image {input_shape}.")
     if not torch.allclose(a, a[:, :1, :1].expand_as(a)):
@@ -335,7 +323,36 @@ def build_plan(model: nn.Module, input_shape: tuple[int, int, int], approx_vecto
                           nullity=nullity, patch_dim=d, basis=per_patch, patch=(kh, kw),
                           extra={"folded": folded_matrix}, **common)
         return _store(module, key, _require_kernel(plan))
-    op = ConvOperator(module, channel_scale.view(-1, 1, 1).to(weight.device))
+    plan = _overlapping_conv_plan(module, channel_scale, input_shape, nullity, per_patch, rtol, approx_vectors, seed,
+                                  common)
+    return _store(module, key, plan)
+
+
+def _linear_plan(matrix: Tensor, a: Tensor, u_shape: tuple, rtol: float | None, common: dict) -> KernelPlan:
+    """A Linear first layer: the kernel of W1·diag(a) is exact for every image."""
+    d = matrix.shape[1]
+    if u_shape[-1] != d:
+        raise NullspaceError(f"Linear first layer expects {d} inputs but sees {u_shape}.")
+    # rows of the flattened image are the patches; a varies per pixel, so every row has its own
+    # folded matrix; we only support the (common) case of identical rows (one row or a per-channel a).
+    a_rows = a.reshape(-1, d)
+    if not torch.allclose(a_rows, a_rows[:1].expand_as(a_rows)):
+        raise NullspaceError("the normalization before the Linear first layer differs between its rows.")
+    folded_matrix = matrix.double() * a_rows[0]  # W1 · diag(a)
+    basis, rank = kernel_basis(folded_matrix, rtol)
+    plan = KernelPlan("linear", True, "Linear first layer: W1·φ = 0 exactly for φ ∈ ker(W1)",
+                      nullity=d - rank, patch_dim=d, basis=basis, extra={"folded": folded_matrix}, **common)
+    return plan
+
+
+def _overlapping_conv_plan(module: nn.Module, channel_scale: Tensor, input_shape: tuple[int, int, int], nullity: int,
+                           per_patch: Tensor, rtol: float | None, approx_vectors: int, seed: int,
+                           common: dict) -> KernelPlan:
+    """An overlapping conv: an exact stride-periodic kernel if one exists, else the smallest singular vectors."""
+    c, h, w = input_shape
+    kh, kw = module.kernel_size
+    stride, dilation, padding = tuple(module.stride), tuple(module.dilation), module.padding
+    op = ConvOperator(module, channel_scale.view(-1, 1, 1).to(module.weight.device))
     geometry = f"kernel {kh}x{kw}, stride {stride}, padding {padding}, dilation {dilation}"
     m = periodic_matrix(op, input_shape, stride)  # (out·H'·W', C·s_h·s_w)
     periodic, prank = kernel_basis(m, rtol if rtol is not None else periodic_rtol(m))
@@ -345,7 +362,7 @@ def build_plan(model: nn.Module, input_shape: tuple[int, int, int], approx_vecto
                           f"{periodic.shape[0]} among stride-periodic patterns (borders included)",
                           nullity=nullity, patch_dim=periodic.shape[1], basis=periodic, patch=stride,
                           ratios=ratios, **common)
-        return _store(module, key, plan)
+        return plan
     vecs, ratios, sigma_max = smallest_singular_vectors(op, input_shape, max(1, approx_vectors), seed=seed)
     plan = KernelPlan("approximate", False,
                       f"overlapping conv ({geometry}): tiling per-patch kernel vectors is not a kernel vector of "
@@ -354,7 +371,7 @@ def build_plan(model: nn.Module, input_shape: tuple[int, int, int], approx_vecto
                       nullity=nullity, patch_dim=c * h * w, basis=vecs, ratios=ratios / sigma_max,
                       sigma_max=sigma_max, **common)
     plan.extra["per_patch_basis"] = per_patch
-    return _store(module, key, plan)
+    return plan
 
 
 def _require_kernel(plan: KernelPlan) -> KernelPlan:
