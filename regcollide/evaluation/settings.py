@@ -1,6 +1,7 @@
 """``EvalSettings``: the one schema, and the one set of defaults, of every evaluation in regcollide.
 
-The end-of-run eval of training (``TrainConfig.eval`` embeds this dataclass), ``regcollide attack pgd``,
+The end-of-run eval of training (the config's ``eval`` section, ``regcollide.training.config.EvalConfig``,
+derives from this dataclass and adds only its on/off switches), ``regcollide attack pgd``,
 ``regcollide eval`` and :func:`regcollide.evaluation.evaluate_model` all read their defaults from here, so
 the same model gets the same PGD numbers from each of them.
 """
@@ -48,7 +49,9 @@ class EvalSettings:
     polytope_vertices: int = 5
     polytope_samples: int = 500
     polytope_targets: int = 4   # target images of the polytope search (optimized as one batch)
-    polytope_steps: int = 2000  # optimizer step budget per vertex (the search stops earlier when converged)
+    # Adam step budget of the polytope search, which stops earlier once converged; the default MLP's targets
+    # converge after 2,750-9,000 steps, so a smaller budget leaves distance_ratio null
+    polytope_steps: int = 10000
     batch_size: int = 250
     seed: int = 0
     num_threads: int = 0

@@ -25,6 +25,7 @@ import yaml
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
 from accelerate.utils import LoggerType
 
+from regcollide.evaluation.settings import EvalSettings
 from regcollide.training.validate import ConfigError, build, choices, fail, value_range
 
 
@@ -88,29 +89,26 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
-    """End-of-run evaluation; apart from the first two, the keys are ``regcollide.evaluation.evaluate`` settings."""
+class EvalConfig(EvalSettings):
+    """End-of-run evaluation: every :class:`~regcollide.evaluation.settings.EvalSettings` field, with its
+    default, plus two switches of the training loop.
+
+    The eval fields and their defaults come from ``EvalSettings`` alone (this class derives from it), so the
+    end-of-run eval, ``regcollide attack pgd`` and ``regcollide eval`` agree on the same model.
+    """
 
     enabled: bool = True                   # evaluate at the end of the run and write results.json
     every_epoch: bool = True               # clean test accuracy after each epoch (metrics.jsonl)
-    parts: list[str] = field(default_factory=lambda: ["clean", "pgd", "audit", "nullspace"])
-    n: int = field(default=1000, metadata=value_range(1))                     # test images: clean acc and PGD
-    norm: str = field(default="linf", metadata=choices("linf", "l2"))
-    eps: float = field(default=0.1, metadata=value_range(0.0, lo_open=True))  # PGD/AutoAttack budget, pixels
-    pgd_steps: int = field(default=10, metadata=value_range(1))
-    pgd_restarts: int = field(default=1, metadata=value_range(1))
-    autoattack_n: int = field(default=100, metadata=value_range(1))
-    nullspace_n: int = field(default=16, metadata=value_range(1))
-    polytope_vertices: int = field(default=5, metadata=value_range(1))
-    polytope_samples: int = field(default=500, metadata=value_range(1))
-    batch_size: int = field(default=250, metadata=value_range(1))
-    seed: int = field(default=0, metadata=value_range(0))
 
-    def settings(self) -> dict:
-        """The keyword settings for ``regcollide.evaluation.evaluate.evaluate_run``."""
-        out = dataclasses.asdict(self)
-        del out["enabled"], out["every_epoch"]
-        return out
+    def __post_init__(self) -> None:
+        try:
+            super().__post_init__()
+        except ValueError as err:  # the schema's own check, turned into a one-line config error
+            raise ConfigError(f"eval: {err}") from None
+
+    def settings(self) -> EvalSettings:
+        """The eval settings alone (without the switches), for ``regcollide.evaluation.evaluate.evaluate_run``."""
+        return EvalSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(EvalSettings)})
 
 
 @dataclass
@@ -135,7 +133,16 @@ def from_dict(data: dict) -> Config:
 
 
 def to_dict(config: Config) -> dict:
-    return dataclasses.asdict(config)
+    """Plain data (lists, not tuples), so that ``yaml.safe_dump`` writes it and :func:`from_dict` reads it back."""
+    return _plain(dataclasses.asdict(config))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 # ---------------------------------------------------------------- overrides and files
@@ -246,14 +253,6 @@ def resolve(config: Config) -> Config:
             hint = f"did you mean '{close[0]}'? " if close else ""
             raise ConfigError(f"regularizers.{i}.name: unknown regularizer {reg.name!r}; {hint}"
                               f"choose from {', '.join(valid_regs)}")
-    try:
-        from regcollide.evaluation.settings import EvalSettings
-    except ImportError:  # the evaluation package is optional for training
-        return config
-    try:
-        EvalSettings.from_any(config.eval.settings())
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"eval: {_one_line(err)}") from None
     return config
 
 

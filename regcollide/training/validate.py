@@ -53,11 +53,11 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         return _coerce(key, value, inner)
     if dataclasses.is_dataclass(tp):
         return build(tp, value, key)
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, list):
+    if origin in (list, tuple):  # list[T] or tuple[T, ...]; YAML gives lists for both
+        item_tp = typing.get_args(tp)[0]
+        if not isinstance(value, (list, tuple)):
             fail(key, f"expected a list, got {value!r}")
-        return [_coerce(f"{key}.{i}", v, item_tp) for i, v in enumerate(value)]
+        return origin(_coerce(f"{key}.{i}", v, item_tp) for i, v in enumerate(value))
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
             fail(key, f"expected a mapping, got {value!r}")
