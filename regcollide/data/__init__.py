@@ -94,14 +94,19 @@ class _Decoder:
         return {"image": torch.stack(images), "label": torch.as_tensor(np.asarray(batch["label"], dtype=np.int64))}
 
 
+MAX_CLASSES = 1_000_000  # far above ImageNet-21k; anything larger is a corrupt label column
+
+
 def _check_labels(ds: datasets.Dataset, source: str) -> None:
     """Refuse labels outside ``[0, num_classes)`` (``num_classes`` from a ClassLabel feature when present)."""
     labels = _labels(ds)
     feature = ds.features.get("label")
+    # Without a ClassLabel, MAX_CLASSES bounds the inferred class count (a label of 2**40 would otherwise make
+    # a class-count table of terabytes).
     bound = feature.num_classes if isinstance(feature, datasets.ClassLabel) else None
-    bad = labels[(labels < 0) | (labels >= bound if bound else False)]
+    bad = labels[(labels < 0) | (labels >= (bound or MAX_CLASSES))]
     if bad.size:
-        allowed = f"[0, {bound})" if bound else "[0, num_classes)"
+        allowed = f"[0, {bound})" if bound else f"[0, num_classes) with num_classes <= {MAX_CLASSES}"
         raise DataError(f"{source}: {bad.size} labels lie outside {allowed} (e.g. {int(bad[0])}); "
                         "unlabelled splits (label -1) cannot be used for accuracy or attacks.")
 

@@ -156,10 +156,13 @@ def load_parquet(path: str, split: str) -> datasets.Dataset:
         raise DataError(f"parquet path '{path}' does not exist.")
     try:
         return datasets.load_dataset("parquet", data_files={split: _parquet_files(root, split)}, split=split)
-    except (OSError, ValueError, TypeError) as err:
+    except (OSError, ValueError, TypeError, datasets.exceptions.DatasetGenerationError) as err:
         if isinstance(err, DataError):
             raise
-        raise DataError(f"parquet '{path}' split '{split}' cannot be read: {err}") from err
+        cause = err.__cause__ or err  # datasets wraps the real reason (e.g. an empty file) in a generic error
+        raise DataError(f"parquet '{path}' split '{split}' cannot be read: "
+                        f"{' '.join(str(cause).split())[:200] or type(cause).__name__}; it must be a non-empty "
+                        "parquet file with image and label columns") from err
 
 
 # ------------------------------------------------------------------------------------------ imagefolder

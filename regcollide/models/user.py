@@ -59,9 +59,18 @@ def load_factory(name: str) -> Callable[..., nn.Module]:
 def create_user_model(name: str, **geometry) -> nn.Module:
     """Call the factory with the geometry keywords it accepts; refuse anything but an ``nn.Module``."""
     factory = load_factory(name)
-    params = inspect.signature(factory).parameters
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        raise ValueError(f"'{name}' has no inspectable signature; it is not a model factory.") from None
+    params = signature.parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     kwargs = {k: v for k, v in geometry.items() if v is not None and (takes_any or k in params)}
+    try:  # refuse a callable that needs other arguments (e.g. `os:system`) before calling it
+        signature.bind(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"model factory '{name}' cannot be called with only the geometry keywords "
+                         f"{sorted(geometry)}: {err}.") from None
     model = factory(**kwargs)
     if not isinstance(model, nn.Module):
         raise ValueError(f"model factory '{name}' returned {type(model).__name__}, not a torch.nn.Module.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import inspect
+import reprlib
 import types
 import typing
 from collections.abc import Callable
@@ -137,6 +138,11 @@ def _matches(value: Any, annotation: Any) -> bool:
     return True  # generic aliases we do not check deeply (e.g. list[str])
 
 
+# A value quoted in a message is cut short: a YAML alias bomb (lists sharing anchors) must never be expanded.
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring = 2, 4, 4, 80
+
+
 def validate_parameters(cls: type, params: dict[str, Any]) -> None:
     """Raise ValueError naming the bad key or value and listing every valid parameter of ``cls``."""
     specs = parameter_specs(cls)
@@ -147,7 +153,7 @@ def validate_parameters(cls: type, params: dict[str, Any]) -> None:
         annotation = specs[key].annotation
         if not _matches(value, annotation):
             raise ValueError(f"regularizer {cls.name!r}: parameter {key!r} must be {_type_name(annotation)}, "
-                             f"got {value!r}. Valid parameters:\n{describe_parameters(cls)}")
+                             f"got {_SHORT.repr(value)}. Valid parameters:\n{describe_parameters(cls)}")
     missing = [k for k, p in specs.items() if p.default is inspect.Parameter.empty and k not in params]
     if missing:
         raise ValueError(f"regularizer {cls.name!r} needs parameter(s) {', '.join(missing)}. "

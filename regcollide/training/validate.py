@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import reprlib
 import types
 import typing
 from typing import Any
@@ -56,11 +57,11 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if origin in (list, tuple):  # list[T] or tuple[T, ...]; YAML gives lists for both
         item_tp = typing.get_args(tp)[0]
         if not isinstance(value, (list, tuple)):
-            fail(key, f"expected a list, got {value!r}")
+            fail(key, f"expected a list, got {_shown(value)}")
         return origin(_coerce(f"{key}.{i}", v, item_tp) for i, v in enumerate(value))
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
-            fail(key, f"expected a mapping, got {value!r}")
+            fail(key, f"expected a mapping, got {_shown(value)}")
         _check_params(key, value)
         return dict(value)
     if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
@@ -70,8 +71,17 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if tp is int and isinstance(value, bool):
         fail(key, f"expected an integer, got {value!r}")
     if not isinstance(value, tp):
-        fail(key, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        fail(key, f"expected {_type_name(tp)}, got {type(value).__name__} {_shown(value)}")
     return value
+
+
+# Values quoted in messages are cut short: a YAML alias bomb (lists sharing anchors) must never be expanded.
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring = 2, 4, 4, 80
+
+
+def _shown(value: Any) -> str:
+    return _SHORT.repr(value)
 
 
 def _finite(key: str, value: int | float | str) -> float:
@@ -85,14 +95,23 @@ def _finite(key: str, value: int | float | str) -> float:
     return number
 
 
-def _check_params(key: str, value: Any) -> None:
-    """Regularizer params: every number, however deeply nested, must be finite."""
+def _check_params(key: str, value: Any, seen: set[int] | None = None) -> None:
+    """Regularizer params: every number, however deeply nested, must be finite.
+
+    ``seen`` holds the containers already checked: YAML anchors share one list many times over, and an alias
+    bomb would otherwise be walked billions of times.
+    """
+    seen = set() if seen is None else seen
+    if isinstance(value, (dict, list)):
+        if id(value) in seen:
+            return
+        seen.add(id(value))
     if isinstance(value, dict):
         for name, item in value.items():
-            _check_params(f"{key}.{name}", item)
+            _check_params(f"{key}.{name}", item, seen)
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            _check_params(f"{key}.{i}", item)
+            _check_params(f"{key}.{i}", item, seen)
     elif isinstance(value, float) and not math.isfinite(value):
         fail(key, f"must be a finite number, got {value!r}")
 
@@ -116,7 +135,7 @@ def build(cls: type, data: Any, prefix: str = "") -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        fail(prefix, f"expected a mapping of {cls.__name__} keys, got {data!r}")
+        fail(prefix, f"expected a mapping of {cls.__name__} keys, got {_shown(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
