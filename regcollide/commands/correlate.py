@@ -40,6 +40,9 @@ def correlate(entries_dir, out, alpha, n_boot, n_perm, seed, per_threat_model):
     entries = load_entries(entries_dir, problems)
     for line in problems:
         click.echo(f"skipped: {line}", err=True)
+    if not entries:
+        raise click.ClickException(f"no usable eval entries in {entries_dir}; write them with "
+                                   "`regcollide eval RUN... --out DIR`")
     if per_threat_model:
         groups = {Path(out) / t.slug: g for t, g in group_by_threat_model(entries).items()}
     else:

@@ -87,3 +87,11 @@ def test_unicode_run_name_trains(world, capsys):
     code, err = _train(capsys, "--set", f"out_dir={world['runs']}", "--set", "run_name=Ω-ü-名前", *_tiny())
     assert code == 0, err
     assert (world["runs"] / "Ω-ü-名前" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("command", ["correlate", "leaderboard"])
+def test_an_empty_entries_folder_is_one_line(world, command):
+    empty = world["root"] / "no_entries"
+    empty.mkdir()
+    assert "no usable eval entries" in invoke([command, str(empty), "--out", str(world["root"] / "o")], 1)
+    assert not (world["root"] / "o").exists()
