@@ -95,3 +95,24 @@ def test_an_empty_entries_folder_is_one_line(world, command):
     empty.mkdir()
     assert "no usable eval entries" in invoke([command, str(empty), "--out", str(world["root"] / "o")], 1)
     assert not (world["root"] / "o").exists()
+
+
+def test_state_pointer_symlinked_outside_is_replaced_not_followed(world, capsys):
+    latest = world["run"] / "state" / "latest"
+    latest.unlink()
+    latest.symlink_to(world["neighbour"])
+    before = tree(world["neighbour"])
+    code, err = _train(capsys, "--resume", str(world["run"]), "--set", "train.epochs=3")
+    assert code == 0, err
+    assert not latest.is_symlink() and latest.read_text().strip() == "step_00000024"
+    assert tree(world["neighbour"]) == before
+
+
+def test_a_folder_where_the_metrics_file_should_be_is_one_line(world, capsys):
+    metrics = world["run"] / "metrics.jsonl"
+    metrics.unlink()
+    metrics.mkdir()
+    states = {p.name: tree(p) for p in (world["run"] / "state").glob("step_*")}
+    code, err = _train(capsys, "--resume", str(world["run"]), "--set", "train.epochs=3")
+    assert code == 2 and "Is a directory" in one_error_line(err, "error:")
+    assert {p.name: tree(p) for p in (world["run"] / "state").glob("step_*")} == states
