@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from regcollide.commands.options import user_errors
+from regcollide.commands.options import usable_entries, user_errors
 from regcollide.commands.types import count, finite
 
 
@@ -33,16 +33,10 @@ def correlate(entries_dir, out, alpha, n_boot, n_perm, seed, per_threat_model):
     """
     from regcollide.reports.correlation import correlate_entries
     from regcollide.reports.correlation_report import write_correlation_report
-    from regcollide.reports.entries import group_by_threat_model, load_entries, require_one_threat_model
+    from regcollide.reports.entries import group_by_threat_model, require_one_threat_model
     from regcollide.reports.outputs import check_out_dir, write_error
 
-    problems: list[str] = []
-    entries = load_entries(entries_dir, problems)
-    for line in problems:
-        click.echo(f"skipped: {line}", err=True)
-    if not entries:
-        raise click.ClickException(f"no usable eval entries in {entries_dir}; write them with "
-                                   "`regcollide eval RUN... --out DIR`")
+    entries = usable_entries(entries_dir)
     if per_threat_model:
         groups = {Path(out) / t.slug: g for t, g in group_by_threat_model(entries).items()}
     else:

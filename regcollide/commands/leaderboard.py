@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from regcollide.commands.options import user_errors
+from regcollide.commands.options import usable_entries, user_errors
 
 
 @click.command("leaderboard")
@@ -25,18 +25,11 @@ def leaderboard(entries_dir, out, title, single_table, model_info):
 
     Example: regcollide leaderboard results/ --out site/
     """
-    from regcollide.reports.entries import load_entries
     from regcollide.reports.leaderboard import write_leaderboard
     from regcollide.reports.outputs import check_out_dir, write_error
     from regcollide.reports.robustbench import write_model_info
 
-    problems: list[str] = []
-    entries = load_entries(entries_dir, problems)
-    for line in problems:
-        click.echo(f"skipped: {line}", err=True)
-    if not entries:
-        raise click.ClickException(f"no usable eval entries in {entries_dir}; write them with "
-                                   "`regcollide eval RUN... --out DIR`")
+    entries = usable_entries(entries_dir)
     out_dir = check_out_dir(out)
     try:
         paths = write_leaderboard(entries, out_dir, title=title, single_table=single_table)

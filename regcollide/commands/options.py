@@ -142,3 +142,18 @@ def ensure_out(out: str) -> Path:
         raise click.ClickException(f"cannot write to output folder {out}: {err.strerror or err}; "
                                    "choose a writable --out") from None
     return path
+
+
+def usable_entries(entries_dir: str) -> list[dict]:
+    """The well-formed eval entries in ``entries_dir``; each malformed one is reported in one line and skipped."""
+    from regcollide.reports.entries import load_entries
+
+    problems: list[str] = []
+    entries = load_entries(entries_dir, problems)
+    for line in problems:
+        click.echo(f"skipped: {line}", err=True)
+    if not entries:
+        raise click.ClickException(f"no usable eval entries in {entries_dir}; write them with "
+                                   "`regcollide eval RUN... --out DIR`")
+    return entries
+

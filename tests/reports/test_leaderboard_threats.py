@@ -23,10 +23,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _study_entries() -> Path:
-    """The committed study's eval entries (docs/study/v1/entries since the study moved; read only)."""
-    found = [d for d in sorted(REPO.glob("docs/study/**/entries")) if len(list(d.glob("*.json"))) >= 3]
-    assert found, "no committed study entries under docs/study/"
-    return found[0]
+    """The first study's eval entries (19 `regcollide eval` entries, kept in docs/study/v1/; read only).
+
+    docs/study/entries/ holds the current study's own records, which are not eval entries.
+    """
+    folder = REPO / "docs" / "study" / "v1" / "entries"
+    assert len(list(folder.glob("*.json"))) == 19, f"expected the 19 committed eval entries in {folder}"
+    return folder
 
 
 def _write(folder: Path, entries: list[dict]) -> Path:
