@@ -38,8 +38,22 @@ def _pkg_resources_shim() -> None:
         sys.modules["pkg_resources"] = shim
 
 
+def _autoattack_alias() -> None:
+    """robustbench imports the official AutoAttack as ``autoattack``; its PyPI repackaging, ``pyautoattack``
+    (the one we install), ships the same modules under another name, so register them under the original."""
+    try:
+        import autoattack  # noqa: F401
+    except ImportError:
+        import pyautoattack
+        import pyautoattack.state
+
+        sys.modules["autoattack"] = pyautoattack
+        sys.modules["autoattack.state"] = pyautoattack.state
+
+
 def _zoo():
     _pkg_resources_shim()
+    _autoattack_alias()
     from robustbench.model_zoo import model_dicts
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
 

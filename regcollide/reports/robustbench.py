@@ -3,8 +3,8 @@ adversarial robustness benchmark", NeurIPS Datasets and Benchmarks 2021).
 
 RobustBench keeps one JSON file per model under ``model_info/<dataset>/<threat model>/<name>.json`` with
 the fields of its ``ModelInfo`` dataclass: ``link name authors additional_data number_forward_passes
-dataset venue architecture eps clean_acc reported autoattack_acc footnote`` (``corruptions_acc`` instead
-of ``autoattack_acc`` for the corruptions leaderboard, which regcollide does not measure). Accuracies
+dataset venue architecture eps clean_acc reported autoattack_acc footnote`` (the ``corruptions_*`` fields
+belong to the corruption leaderboards, which regcollide does not measure, and are left out). Accuracies
 are percentage strings with two decimals ("91.08"), ε is a string ("8/255" or "0.5"), and
 ``additional_data`` is a boolean. Fields an eval entry cannot know (link, authors, venue) are empty
 strings, which RobustBench shows as "Unpublished"; fill them in by hand before submitting.
