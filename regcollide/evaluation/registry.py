@@ -15,6 +15,7 @@ which settings key its cache hash.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -46,7 +47,7 @@ class PartContext:
     progress: bool = False
 
 
-class Part:
+class Part(ABC):
     """Base class of an eval part; subclasses implement :meth:`run` and are registered by name."""
 
     name: ClassVar[str] = ""
@@ -59,8 +60,9 @@ class Part:
         """How many of the eval images (a prefix) this part reads; 0 for a part that needs none."""
         return settings.n
 
+    @abstractmethod
     def run(self, ctx: PartContext) -> PartOutcome:
-        raise NotImplementedError(f"eval part {self.name!r} must define run()")
+        """Evaluate this part on ``ctx`` (the model, the images and the settings)."""
 
     def cache_key(self, settings: Any) -> dict[str, Any]:
         """The settings this part's result depends on (anything else may change without invalidating it)."""

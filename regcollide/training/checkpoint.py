@@ -40,6 +40,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from regcollide.io import CheckpointError, atomic_write_bytes, load_state_dict_checked, read_state_dict
+from regcollide.runs import RUN_MARKER
 from regcollide.training.state import RegularizerStates, TrainState
 
 STATE_DIR, LATEST_FILE, META_FILE = "state", "latest", "meta.json"
@@ -154,13 +155,13 @@ def save_state(accelerator, run_dir: str | Path, obj: Resumable, keep: int = 2) 
     could not write, after removing the partial folder; the previous state stays the newest.
     """
     step = obj.progress.global_step
-    root = Path(run_dir) / STATE_DIR
+    root = _state_root(run_dir)
     final, tmp = root / state_name(step), root / f".tmp-{state_name(step)}"
     problem = ""
     if accelerator.is_main_process:
         try:
             root.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove(tmp)
             tmp.mkdir()
         except OSError as err:
             problem = str(err)
@@ -177,18 +178,18 @@ def save_state(accelerator, run_dir: str | Path, obj: Resumable, keep: int = 2) 
     if accelerator.is_main_process:
         meta = {"format": FORMAT, "step": step, "num_processes": accelerator.num_processes}
         write_file(tmp / META_FILE, json.dumps(meta).encode())
-        shutil.rmtree(final, ignore_errors=True)  # a stale state of the same step from an earlier attempt
+        _remove(final)  # a stale state of the same step from an earlier attempt
         os.replace(tmp, final)
         atomic_write_bytes(root / LATEST_FILE, (final.name + "\n").encode())
         for old in list_states(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
     accelerator.wait_for_everyone()
     return final
 
 
 def _abandon(accelerator, tmp: Path, root: Path, step: int, problem: str) -> None:
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
     accelerator.wait_for_everyone()
     previous = latest_state(root.parent)
     kept = f"the previous state {previous} is intact" if previous else "no earlier state exists"
@@ -221,10 +222,27 @@ def latest_state(run_dir: str | Path) -> Path | None:
 
 def remove_partial_states(run_dir: str | Path) -> None:
     """Delete temporary state folders left by a crash mid-save."""
-    root = Path(run_dir) / STATE_DIR
+    root = _state_root(run_dir)
     if root.is_dir():
         for tmp in root.glob(".tmp-step_*"):
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove(tmp)
+
+
+def _state_root(run_dir: str | Path) -> Path:
+    """``run_dir/state``, only for a run folder that carries our marker: states are deleted as they rotate,
+    and nothing may ever be deleted outside a folder regcollide created and marked."""
+    if not (Path(run_dir) / RUN_MARKER).is_file():
+        raise StateSaveError(f"{run_dir} is not a run folder created by regcollide (no {RUN_MARKER}); "
+                             "training states are written only into claimed run folders")
+    return Path(run_dir) / STATE_DIR
+
+
+def _remove(state: Path) -> None:
+    """Delete one state folder of ``run_dir/state`` (never a symlink, never outside that folder)."""
+    if state.is_symlink():
+        state.unlink()
+    elif state.is_dir() and state.parent.name == STATE_DIR:
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def read_meta(state_dir: Path) -> dict:

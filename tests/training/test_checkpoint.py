@@ -14,6 +14,7 @@ from torch import nn
 
 from regcollide.io import CheckpointError
 from regcollide.regularizers import build_regularizer
+from regcollide.runs import RUN_MARKER
 from regcollide.training import checkpoint
 from regcollide.training.checkpoint import (
     Resumable,
@@ -35,6 +36,23 @@ class Payload:
 
     def __reduce__(self):
         return (open, (self.path, "w"))
+
+
+@pytest.fixture(autouse=True)
+def marked(tmp_path):
+    """States live in claimed run folders; tmp_path plays one (it carries the run marker)."""
+    (tmp_path / RUN_MARKER).write_text("{}\n")
+    return tmp_path
+
+
+def test_states_are_never_written_or_deleted_outside_a_marked_run_folder(tmp_path):
+    plain = tmp_path / "not-a-run"
+    (plain / "state" / ".tmp-step_00000001").mkdir(parents=True)
+    with pytest.raises(StateSaveError, match="not a run folder"):
+        save_at(plain, resumable(), 1)
+    with pytest.raises(StateSaveError, match="not a run folder"):
+        remove_partial_states(plain)
+    assert (plain / "state" / ".tmp-step_00000001").is_dir()
 
 
 def resumable(seed: int = 0) -> Resumable:
