@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from click.core import ParameterSource
 
 from regcollide.commands.options import (
     data_options,
@@ -15,6 +16,7 @@ from regcollide.commands.options import (
 from regcollide.commands.types import count, finite
 
 POOL = 1000  # extra test images: the 'other' starts and the dataset distance (>= 1000 pairs) come from them
+SETTINGS = ("default", "li2019")  # regcollide.attacks.polytope.presets.SETTINGS plus our default
 
 
 @click.command("polytope")
@@ -37,12 +39,15 @@ POOL = 1000  # extra test images: the 'other' starts and the dataset distance (>
               help="Weight of the push term against the collision term.")
 @click.option("--lr", type=finite(0, 10, min_open=True), default=0.03, show_default=True,
               help="Constant Adam learning rate (constant, so the stopping rule, not the budget, sets the result).")
+@click.option("--setting", type=click.Choice(SETTINGS), default="default", show_default=True,
+              help="li2019 fixes the loss, vertices, unit choice, start, budget and samples to Li et al.'s "
+                   "(docs/collisions.md lists each with its source); the options it fixes cannot be given too.")
 @click.option("--exact-reference", is_flag=True,
               help="Also solve the exact polytope's vertices by linear programming (Linear first layer only).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 @out_option("out/polytope")
 @user_errors
-def polytope(model, checkpoint, data, n, seed, layer, vertices, samples, loss, init, steps, beta, lr,
+def polytope(model, checkpoint, data, n, seed, layer, vertices, samples, loss, init, steps, beta, lr, setting,
              exact_reference, progress, out) -> None:
     """Vertices of a polytope of inputs colliding with each of N test images at a ReLU layer.
 
@@ -57,6 +62,8 @@ def polytope(model, checkpoint, data, n, seed, layer, vertices, samples, loss, i
     from regcollide.data import adapt_images, load_tensors
     from regcollide.io import write_json
 
+    search = _search_options(setting, dict(vertices=vertices, samples=samples, loss=loss, init=init, steps=steps,
+                                           beta=beta, lr=lr))
     folder = ensure_out(out)  # before the search: a bad --out must not cost a whole run
     net, targets, target_labels, info = load_model_and_data(model, checkpoint, data, n, seed)
     pool, pool_labels = load_tensors(info.get("data") or data, "test", n=POOL, seed=seed + 1)
@@ -64,14 +71,14 @@ def polytope(model, checkpoint, data, n, seed, layer, vertices, samples, loss, i
     device = next(net.parameters()).device
     images = torch.cat([targets, pool]).to(device)
     labels = torch.cat([target_labels, pool_labels]).to(device)
-    result = evaluate_polytope(net, images, labels, layer=layer, vertices=vertices, samples=samples, loss=loss,
-                               init=init, targets=len(targets), data_images=pool.to(device), beta=beta,
-                               steps=steps, lr=lr, seed=seed, progress=progress, exact_reference=exact_reference)
+    result = evaluate_polytope(net, images, labels, layer=layer, targets=len(targets), data_images=pool.to(device),
+                               seed=seed, progress=progress, exact_reference=exact_reference, **search)
     entry = result.to_dict() | {"model": info["name"], "data": info.get("data") or data,
-                                "checkpoint": info.get("checkpoint")}
+                                "checkpoint": info.get("checkpoint"), "setting": setting}
     write_json(entry, folder / "results.json")
     plot_polytope(result, folder / "polytope.png")
-    ratio = "n/a" if result.distance_ratio is None else f"{result.distance_ratio:.4f}"
+    ratio = (f"n/a (at the budget, all targets: {entry['distance_ratio_all']:.4f})" if result.distance_ratio is None
+             else f"{result.distance_ratio:.4f}")
     click.echo(f"layer {result.layer}: success {result.success_rate:.4f}  top prob {result.mean_top_prob:.4f}  "
                f"distance ratio {ratio}  max residual {result.max_rel_feature_residual:.4g}  "
                f"ball control {entry['ball_success_rate']:.4f}")
@@ -84,3 +91,20 @@ def polytope(model, checkpoint, data, n, seed, layer, vertices, samples, loss, i
     for flag in entry["flags"]:
         click.echo(f"{flag['severity']}: {flag['message']}", err=True)
     click.echo(f"wrote {folder / 'results.json'} and {folder / 'polytope.png'}")
+
+
+def _search_options(setting: str, chosen: dict) -> dict:
+    """The search keywords: the command line's, or those ``setting`` fixes (which may not be given as well)."""
+    if setting == "default":
+        return chosen
+    from regcollide.attacks.polytope.presets import get_setting
+
+    fixed = get_setting(setting)
+    ctx = click.get_current_context()
+    clash = [f"--{key.replace('_', '-')}" for key in fixed.fixed
+             if key in chosen and ctx.get_parameter_source(key) == ParameterSource.COMMANDLINE]
+    if clash:
+        raise click.UsageError(f"--setting {setting} fixes {', '.join(clash)}; drop "
+                               f"{'them' if len(clash) > 1 else 'it'}, or use --setting default to choose every "
+                               "option yourself")
+    return chosen | fixed.kwargs()

@@ -102,14 +102,16 @@ def evaluate_polytope(
     batch_size: int = 500,
     progress: bool = False,
     exact_reference: bool = False,
+    unit_order: str = "random",
     **stopping,
 ) -> PolytopeResult:
     """Polytope search on the first ``targets`` of ``images`` (N, C, H, W) in [0, 1], labels (N,).
 
     The other images are the pool for ``init="other"`` (a seeded random image with another label) and,
     unless ``data_images`` is given, for ``data_distance``. The vertex-search settings are those of
-    :class:`PolytopeSearch` (``steps`` is the budget; ``stopping`` takes ``check_every``, ``window``,
-    ``plateau``, ``residual_tol``); all targets are optimized as one batch. Every random draw comes from
+    :class:`PolytopeSearch` (``steps`` is the budget, ``unit_order`` how the pushed units are chosen;
+    ``stopping`` takes ``check_every``, ``window``, ``plateau``, ``residual_tol``); all targets are optimized
+    as one batch. Every random draw comes from
     generators seeded with ``seed``. ``exact_reference`` adds the exact polytope's vertex spread (linear
     programs, :mod:`~regcollide.attacks.polytope.exact`) when the layer is a Linear first layer.
     """
@@ -123,7 +125,7 @@ def evaluate_polytope(
     gen = torch.Generator().manual_seed(seed)
     data_dist, pairs_used = data_distance(pool, data_pairs, gen)
     search = PolytopeSearch(model, layer=layer, vertices=vertices, loss=loss, beta=beta, hold=hold, steps=steps,
-                            lr=lr, init=init, seed=seed, progress=progress, **stopping)
+                            lr=lr, init=init, seed=seed, progress=progress, unit_order=unit_order, **stopping)
     others = [_pick_other(labels, j, gen) for j in range(n_targets)] if init == "other" else None
     with eval_mode(model):
         outs = search.search_batch(images[:n_targets], None if others is None else images[others],
@@ -137,6 +139,7 @@ def evaluate_polytope(
     valid = [r for r in per_target if r["converged"] and not r["failed"]]
     settings = {"sampler": SAMPLER, "loss": loss, "init": init, "beta": beta, "hold": search.hold,
                 "steps": steps, "lr": lr, "seed": seed, "targets": n_targets, "data_pairs": pairs_used,
+                "unit_order": unit_order,
                 "success_reference": "model prediction on the target",
                 "stopping_rule": {"check_every": search.check_every, "window": search.window,
                                   "plateau": search.plateau, "residual_tol": search.residual_tol}}

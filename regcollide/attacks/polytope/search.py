@@ -32,7 +32,8 @@ a target that did not converge is reported as such, never silently at the budget
 
 The K units are drawn uniformly at random (seeded) among the inactive units: random units give an unbiased
 picture of the polytope, where the most negative units would favour directions the target already points
-away from.
+away from. ``unit_order="first"`` instead takes the first K inactive units in index order, which is what the
+authors' released code does (it is part of the ``li2019`` setting of :mod:`regcollide.attacks.polytope.presets`).
 
 ``regcollide.attacks.polytope.evaluate.evaluate_polytope`` samples the polytope and measures it.
 
@@ -59,6 +60,7 @@ from regcollide.attacks.polytope.hooks import capture_preactivation, resolve_lay
 LOSSES = ("li2019", "hinge")
 DEFAULT_HOLD = {"li2019": 1.0, "hinge": 10.0}
 INITS = ("target", "other")
+UNIT_ORDERS = ("random", "first")
 
 
 @dataclass
@@ -105,6 +107,8 @@ class PolytopeSearch:
         steps: the budget, the most Adam steps per search; lr: the constant Adam learning rate.
         init: ``"target"`` starts every vertex at the target; ``"other"`` at ``init_image`` (an example of
             another class), as in the two experiments of Li et al.'s Table 1.
+        unit_order: ``"random"`` draws the K pushed units at random (seeded) among the inactive units;
+            ``"first"`` takes the first K inactive units in index order, as the authors' released code does.
         check_every, window, plateau, residual_tol: the stopping rule (module docstring).
         seed: seeds the choice of units (target j of a batch uses ``seed + j``). progress: a tqdm bar.
     """
@@ -121,6 +125,7 @@ class PolytopeSearch:
         lr: float = 0.03,
         init: str = "target",
         seed: int = 0,
+        unit_order: str = "random",
         progress: bool = True,
         check_every: int = 250,
         window: int = 1000,
@@ -131,6 +136,8 @@ class PolytopeSearch:
             raise ValueError(f"unknown polytope loss {loss!r}; choose one of: {', '.join(LOSSES)}")
         if init not in INITS:
             raise ValueError(f"unknown polytope init {init!r}; choose one of: {', '.join(INITS)}")
+        if unit_order not in UNIT_ORDERS:
+            raise ValueError(f"unknown unit order {unit_order!r}; choose one of: {', '.join(UNIT_ORDERS)}")
         if vertices < 2:
             raise ValueError(f"a polytope needs at least 2 vertices, got vertices={vertices}")
         hold = DEFAULT_HOLD[loss] if hold is None else hold
@@ -144,7 +151,7 @@ class PolytopeSearch:
         self.model, self.layer, self.vertices, self.loss = model, layer, vertices, loss
         self.hold, self._layer_checked = hold, False
         self.beta, self.steps, self.lr, self.init = beta, steps, lr, init
-        self.seed, self.progress = seed, progress
+        self.seed, self.progress, self.unit_order = seed, progress, unit_order
         self.check_every, self.window, self.plateau, self.residual_tol = check_every, window, plateau, residual_tol
 
     def resolve_layer(self, example: Tensor) -> str:
@@ -201,6 +208,9 @@ class PolytopeSearch:
                 raise ValueError(
                     f"layer {self.layer!r} has {len(idx)} inactive units at target {j}, fewer than "
                     f"vertices={self.vertices}; use fewer vertices or another layer")
+            if self.unit_order == "first":  # nonzero() lists indices in increasing order
+                units.append(idx[: self.vertices])
+                continue
             generator = torch.Generator().manual_seed(self.seed + j)
             units.append(idx[torch.randperm(len(idx), generator=generator)[: self.vertices]])
         units = torch.stack(units).to(t.device)  # (T, K)
