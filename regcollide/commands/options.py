@@ -125,6 +125,9 @@ def load_model_and_data(model: str, checkpoint: str | None, data: str, n: int, s
     if ctx is not None and ctx.get_parameter_source("data") == click.core.ParameterSource.COMMANDLINE:
         info["data"] = data  # an explicit --data wins over the run's dataset, never silently ignored
     images, labels = load_tensors(info.get("data") or data, split, n=n, seed=seed, image_size=size)
+    if len(labels) < n:  # the split is smaller than asked for: say so instead of silently using fewer
+        click.echo(f"warning: --n {n} is more than the {len(labels)} images of {info.get('data') or data}'s "
+                   f"{split} split; using all {len(labels)}", err=True)
     check_labels(labels, info.get("num_classes"), info.get("data") or data)
     images = adapt_images(images, chans, size)
     device = next(iter(net.parameters()), images).device

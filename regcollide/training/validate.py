@@ -15,6 +15,8 @@ import types
 import typing
 from typing import Any
 
+MAX_INT = 10**9  # the largest integer any config field accepts, as for the command line's counts
+
 
 class ConfigError(ValueError):
     """A config problem the user can fix; the message is one line that names the key."""
@@ -123,6 +125,10 @@ def _check_meta(key: str, value: Any, meta: typing.Mapping) -> None:
         close = difflib.get_close_matches(str(value), meta["choices"], n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
         fail(key, f"invalid value {value!r}; {hint}choose from {', '.join(meta['choices'])}")
+    if isinstance(value, int) and not isinstance(value, bool) and value > MAX_INT:
+        # no count, size, step or seed here means anything past 10^9 (the command line's bound too); a huge
+        # value would only run for ever or overflow deep inside torch
+        fail(key, f"value {_shown(value)} is implausibly large; must be at most {MAX_INT:,}")
     lo, hi = meta.get("lo"), meta.get("hi")
     if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
         bound = f"> {lo}" if meta.get("lo_open") else f">= {lo}"
