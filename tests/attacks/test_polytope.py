@@ -156,7 +156,8 @@ def test_evaluate_is_reproducible_and_has_the_contract_keys(mnist_test):
 @pytest.mark.slow
 @pytest.mark.parametrize("init", ["target", "other"])
 def test_li2019_mnist_setting_meets_the_acceptance_numbers(trained_mlp, mnist_test, init):
-    """Li et al.'s MNIST setting on mnist5k, first hidden layer, K = 5, 2000 samples, default settings."""
+    """The default search (hinge) measured as Li et al. measure it: mnist5k, first hidden layer, K = 5, 2000
+    samples. Their own search parameters are the li2019 setting (test_polytope_presets.py)."""
     images, labels = mnist_test
     result = evaluate_polytope(trained_mlp, images, labels, targets=1, init=init)
     d = result.to_dict()
