@@ -62,3 +62,17 @@ def test_n_within_the_split_says_nothing(world):
                      "--steps", "1", "--bisection-steps", "0", "--no-progress", "--out", str(world["root"] / "o")], 0)
     assert "warning: --n" not in output
     assert json.loads((world["root"] / "o" / "results.json").read_text())["n"] == 6
+
+
+def test_polytope_samples_beyond_memory_are_one_line(world, monkeypatch):
+    # a machine with 1 GB: 100,000 samples of 28x28 digits need ~2.5 GB at the measured ~30 bytes per value
+    pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 10**9 // 4096}
+    monkeypatch.setattr("os.sysconf", lambda name: pages[name])
+    out = world["root"] / "out"
+    common = ["attack", "polytope", "mlp", "--checkpoint", str(world["run"]), "--n", "1", "--steps", "1",
+              "--no-progress", "--out", str(out)]
+    line = invoke([*common, "--samples", "100000"], 2)
+    assert "100000 samples of 1x28x28 inputs need about 3 GB, more than this machine's 1 GB; use at most 39859" in line
+    assert not (out / "results.json").exists()
+    invoke([*common, "--samples", "2000"], 0)  # what fits still runs
+    assert (out / "results.json").is_file()
