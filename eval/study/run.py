@@ -5,6 +5,7 @@
     .venv/bin/python eval/study/run.py --quick --out /tmp/sq    # the same pipeline at CI size (< 2 min)
     .venv/bin/python eval/study/run.py --report-only            # recompute report + figures from the entries
     .venv/bin/python eval/study/run.py --executor submitit --slurm partition=gpu   # one Slurm job per model
+    .venv/bin/python eval/study/run.py --design configs/study/cifar10.yaml --out study-cifar10   # CIFAR-10 (GPU)
 
 Jobs whose entry exists with the same hash are skipped (so an interrupted or re-queued study resumes);
 ``--fresh`` recomputes every job. Run folders go to ``--runs`` (not committed); entries, figures,
@@ -32,6 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--design", type=Path, default=ROOT / "configs" / "study" / "design.yaml")
     parser.add_argument("--quick", action="store_true", help="the design's CI-size 'quick' variant")
+    parser.add_argument("--data", default=None, metavar="SPEC",
+                        help="data spec replacing the design's (e.g. parquet:/path/to/cifar10 offline)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "study", help="entries, figures, report")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "study", help="run folders (not committed)")
     parser.add_argument("--executor", choices=EXECUTORS, default="pool")
@@ -52,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.jobs < 1:
             raise DesignError("--jobs must be >= 1")
         design = load_design(args.design, quick=args.quick)
+        if args.data is not None:
+            design["data"] = args.data
         jobs = expand(design)
         slurm = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.slurm)}
         start = time.perf_counter()

@@ -16,7 +16,11 @@ whole polytopes to one feature. The families below set those quantities by const
   ReLU([Bx; −Bx]) keeps Bx exactly, so no information is lost at the ReLU; B has h × 784 parameters, as
   ``mlp-h{h}``'s W1 (matched parameter count in the first layer).
 
-``width`` scales the 64-unit second hidden layer, as in the other registry models.
+- ``vit-p{p}-d{d}``: a 2-block ViT with patch size p and embedding dimension d; on 28 × 28 images p = 4 and
+  p = 7 have the same parameter count at every d, and nullity(W1) = max(0, p² − d) of the patch embedding.
+
+``width`` scales the 64-unit second hidden layer of the MLPs (the ViTs' MLP ratio), as in the other registry
+models.
 """
 
 from __future__ import annotations
@@ -25,13 +29,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from regcollide.models.normalize import scaled
+from regcollide.models.normalize import Normalize, WithNormalize, default_stats, scaled
 from regcollide.models.registry import register_model
 
 HIDDEN_WIDTHS = (32, 64, 128, 256, 392, 512, 784, 1024)
 PROJECTION_RANKS = (0, 98, 196, 392, 588, 686, 735)
 BOTTLENECK_RANKS = (2, 4, 8, 16, 32, 64)
 PLUS_MINUS_WIDTHS = (128, 256, 392, 784)
+VIT_PATCHES = (4, 7)
+VIT_EMBED_DIMS = (16, 24, 32, 48, 64)
 PROJECTOR_SEED = 20190  # one fixed orthogonal matrix for every k: nested, reproducible projectors
 
 
@@ -129,3 +135,35 @@ for _r in BOTTLENECK_RANKS:
     _register(f"mlp-rank-r{_r}", bottleneck_mlp, _r)
 for _h in PLUS_MINUS_WIDTHS:
     _register(f"mlp-pm-h{_h}", plus_minus_mlp, _h)
+
+
+def patch_vit(patch: int, embed_dim: int, num_classes: int = 10, in_chans: int = 1, img_size: int = 28,
+              width: float = 1.0) -> nn.Module:
+    """A 2-block ViT (Dosovitskiy et al., ICLR 2021) whose patch embedding W1 is (embed_dim, in_chans·patch²).
+
+    nullity(W1) = max(0, in_chans·patch² − embed_dim) at full rank: on 28 × 28 MNIST patch 4 (16 pixels per
+    patch) is injective for every embed_dim ≥ 16 and patch 7 (49 pixels) is not below 49. At one embed_dim
+    the two have exactly the same parameter count (patch² + number of patches = 16 + 49 = 49 + 16 weights per
+    embedding unit), so the pair changes nullity(W1) with the parameter count held fixed. ``width`` scales
+    the MLP ratio of the blocks (2 at width 1).
+    """
+    from timm.models.vision_transformer import VisionTransformer  # timm costs seconds to import: only when used
+
+    if img_size % patch:
+        raise ValueError(f"patch size {patch} does not divide the image size {img_size}")
+    vit = VisionTransformer(img_size=img_size, patch_size=patch, in_chans=in_chans, num_classes=num_classes,
+                            embed_dim=embed_dim, depth=2, num_heads=2, mlp_ratio=2.0 * width)
+    return WithNormalize(Normalize(*default_stats(in_chans)), vit)
+
+
+def _register_vit(patch: int, embed_dim: int) -> None:
+    def factory(num_classes: int = 10, in_chans: int = 1, img_size: int = 28, width: float = 1.0) -> nn.Module:
+        return patch_vit(patch, embed_dim, num_classes, in_chans, img_size, width)
+
+    factory.__doc__ = patch_vit.__doc__
+    register_model(f"vit-p{patch}-d{embed_dim}")(factory)
+
+
+for _p in VIT_PATCHES:
+    for _d in VIT_EMBED_DIMS:
+        _register_vit(_p, _d)

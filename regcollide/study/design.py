@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-STUDY_VERSION = 2  # bump when the entry format changes: old entries then no longer match their hash
+STUDY_VERSION = 3  # bump when the entry format changes: old entries then no longer match their hash
 
 
 class DesignError(ValueError):
@@ -90,7 +90,8 @@ def _family_jobs(fam: dict, design: dict, seeds: list[int]) -> list[Job]:
                        "width": width},
                 regularizers=copy.deepcopy(regs), data=str(design.get("data", "mnist5k")),
                 train={**design.get("train", {}), **(fam.get("train") or {})}, measure=dict(design["measure"]),
-                teacher=teacher, autoattack=(run in set(design.get("autoattack_runs") or [])),
+                teacher=teacher, autoattack=(run in set(design.get("autoattack_runs") or [])
+                                              or seed in set(design.get("autoattack_seeds") or [])),
                 nullspace=seed in set(design.get("nullspace_seeds", seeds))))
     return jobs
 

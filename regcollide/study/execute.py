@@ -51,6 +51,8 @@ def run_job(job: Job, runs_dir: str, entries: str, threads: int = 1) -> str:
     start = time.perf_counter()
     model, record = train_job(job, Path(runs_dir))
     images, labels = load_tensors(job.data, "test", n=int(job.measure["n"]), seed=0)
+    device = next(model.parameters()).device  # where the library loop left the model (a GPU when there is one)
+    images, labels = images.to(device), labels.to(device)  # (N, C, H, W), (N,)
     outcomes, times = measure(model, images, labels, job.measure, job.autoattack, job.nullspace)
     record.pop("history")
     entry = {"job": job.to_dict(), "train": record, "outcomes": outcomes,

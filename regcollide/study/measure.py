@@ -46,7 +46,7 @@ def fab_min_norm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, n
     dist = (adv - images).abs().flatten(1).amax(1)  # (N,)
     star = torch.where(fooled, dist, torch.full_like(dist, cap))
     star = torch.where(correct, star, torch.zeros_like(star))
-    among = star[correct].double().numpy()
+    among = star[correct].double().cpu().numpy()
     return {"n": len(labels), "n_iter": n_iter, "cap": cap, "clean_acc": float(correct.float().mean()),
             "median_eps_star": float(np.median(among)) if len(among) else None,
             "n_censored": int((correct & ~fooled).sum()), "eps_star": star.tolist()}

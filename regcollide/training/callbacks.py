@@ -54,22 +54,34 @@ def any_stop(callbacks: Sequence[Callback], method: str, *args) -> bool:
 
 
 class Converged(Callback):
-    """Early stopping on the training objective: finish at the first epoch (from ``min_epochs`` on) whose mean
-    objective improved by less than ``rel_tol`` (relative) over the best earlier epoch, or whose training
-    accuracy reached ``target_acc``. ``history`` keeps every epoch's record (of this process's run).
+    """Early stopping on the training objective: finish at the first epoch (from ``min_epochs`` on) whose
+    training accuracy reached ``target_acc``, or at which the objective plateaued: the best mean objective of
+    the last ``window`` epochs is less than ``rel_tol`` (relative) below the best of all earlier epochs
+    (``window=1``: this epoch against the best earlier one). ``history`` keeps every epoch's record (of this
+    process's run); ``fired`` and ``reason`` ("target_acc" or "plateau") say whether and why it stopped.
     """
 
-    def __init__(self, min_epochs: int = 3, rel_tol: float = 0.02, target_acc: float = 1.0) -> None:
-        if min_epochs < 1 or not 0.0 <= rel_tol < 1.0 or not 0.0 < target_acc <= 1.0:
-            raise ValueError(f"Converged needs min_epochs >= 1, 0 <= rel_tol < 1 and 0 < target_acc <= 1, got "
-                             f"{min_epochs}, {rel_tol}, {target_acc}")
-        self.min_epochs, self.rel_tol, self.target_acc = min_epochs, rel_tol, target_acc
-        self.best = float("inf")
+    def __init__(self, min_epochs: int = 3, rel_tol: float = 0.02, target_acc: float = 1.0, window: int = 1) -> None:
+        if min_epochs < 1 or not 0.0 <= rel_tol < 1.0 or not 0.0 < target_acc <= 1.0 or window < 1:
+            raise ValueError(f"Converged needs min_epochs >= 1, 0 <= rel_tol < 1, 0 < target_acc <= 1 and "
+                             f"window >= 1, got {min_epochs}, {rel_tol}, {target_acc}, {window}")
+        self.min_epochs, self.rel_tol, self.target_acc, self.window = min_epochs, rel_tol, target_acc, window
         self.history: list[dict] = []
+        self.fired = False
+        self.reason: str | None = None
 
     def on_epoch_end(self, state: TrainState, record: dict) -> bool:
         self.history.append(record)
-        loss = record["epoch_loss"]
-        small_gain = loss > self.best * (1.0 - self.rel_tol)
-        self.best = min(self.best, loss)
-        return state.epoch >= self.min_epochs and (small_gain or record["epoch_train_acc"] >= self.target_acc)
+        losses = [r["epoch_loss"] for r in self.history]
+        before, recent = losses[:-self.window], losses[-self.window:]
+        plateau = bool(before) and min(recent) > min(before) * (1.0 - self.rel_tol)
+        self.reason = None
+        if state.epoch < self.min_epochs:
+            self.fired = False
+            return False
+        if record["epoch_train_acc"] >= self.target_acc:
+            self.reason = "target_acc"
+        elif plateau:
+            self.reason = "plateau"
+        self.fired = self.reason is not None
+        return self.fired

@@ -81,6 +81,7 @@ class TrainConfig:
     grad_clip: float = field(default=0.0, metadata=value_range(0.0))          # 0 disables clipping
     checkpoint_every: int = field(default=0, metadata=value_range(0))         # steps; 0: only at epoch ends
     keep_checkpoints: int = field(default=2, metadata=value_range(1))
+    save_states: bool = True               # False: no periodic states (short runs cheaper to redo than to resume)
     log_every: int = field(default=20, metadata=value_range(1))               # steps between metrics lines
     progress: bool = True                                                # tqdm bar on the main process
     log_with: list[str] = field(default_factory=list)                    # accelerate trackers: tensorboard, wandb, ...

@@ -239,7 +239,7 @@ def _train_epoch(s: _Session, bar) -> str:
             sums = acc.reduce(window.to(acc.device), "sum").cpu().tolist()
             s.log.write(train_record(state, s.names, sums, s.optimizer.param_groups[0]["lr"]))
             window.zero_()
-        saved = (cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0
+        saved = (cfg.save_states and cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0
                  and state.step_in_epoch < steps_per_epoch)  # the epoch end saves its own state
         if saved:
             _save(s)
@@ -251,7 +251,8 @@ def _train_epoch(s: _Session, bar) -> str:
     s.log.write(record)
     if record["test_acc"] is not None:
         bar.set_postfix(test_acc=f"{record['test_acc']:.4f}")
-    _save(s)
+    if cfg.save_states:
+        _save(s)
     return FINISH if any_stop(s.callbacks, "on_epoch_end", state, record) else CONTINUE
 
 

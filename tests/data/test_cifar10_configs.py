@@ -13,31 +13,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
+from _cifar_fixture import write_cifar10_parquet
 
 from regcollide.data import dataset_info, load_tensors
 
 ROOT = Path(__file__).resolve().parents[2]
-CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 @pytest.fixture(scope="module")
 def cifar_fixture(tmp_path_factory) -> Path:
-    import datasets
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("cifar10")
-    (root / "plain_text").mkdir()
-    rng = np.random.default_rng(0)
-    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
-    for split in ("train", "test"):
-        pixels = rng.integers(0, 256, size=(64, 32, 32, 3), dtype=np.uint8)
-        rows = datasets.Dataset.from_dict({"img": [Image.fromarray(p) for p in pixels],
-                                           "label": [i % 10 for i in range(64)]}, features=features)
-        rows.to_parquet(str(root / "plain_text" / f"{split}-00000-of-00001.parquet"))
-    return root
+    return write_cifar10_parquet(tmp_path_factory.mktemp("cifar10"), 64, seed=0)
 
 
 def test_fixture_reads_as_cifar10(cifar_fixture):

@@ -13,9 +13,14 @@ DESIGN = Path(__file__).resolve().parents[2] / "configs" / "study" / "design.yam
 
 def test_full_design_meets_the_preregistered_size():
     jobs = expand(load_design(DESIGN))
-    assert len(jobs) == 99 and len({j.config for j in jobs}) == 33
+    # 33 MLP configurations and 4 ViT ones, 3 seeds each: 111 models >= the 101 the power analysis asks
+    # for (partial Spearman, |rho| = 0.3, 2 covariates + 10 family indicators)
+    assert len(jobs) == 111 and len({j.config for j in jobs}) == 37
     assert all(sum(j.config == c for j in jobs) == 3 for c in {j.config for j in jobs})
-    assert len({j.hash for j in jobs}) == 99
+    assert len({j.hash for j in jobs}) == 111
+    assert all(j.autoattack and j.nullspace for j in jobs)  # every model gets AutoAttack and the Null-space search
+    vit = next(j for j in jobs if j.name == "vit-p7-32-s2")
+    assert vit.model["name"] == "vit-p7-d32" and vit.train["lr"] == 0.003
     proj = next(j for j in jobs if j.name == "proj-588-s1")
     assert proj.model == {"name": "mlp-proj-k588", "width": 1.0} and proj.seed == 1
     distill = next(j for j in jobs if j.name == "distill-0.6-s2")

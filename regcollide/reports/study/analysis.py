@@ -17,6 +17,7 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from regcollide.reports.study.bootstrap import group_counts, hierarchical_bootstrap
+from regcollide.reports.study.claims import claims_table
 from regcollide.reports.study.correlation import partial_spearman, tost_correlation
 from regcollide.reports.study.defense import defense_table
 from regcollide.reports.study.mixed import mixed_effects
@@ -25,6 +26,7 @@ from regcollide.reports.study.table import COVARIATES, EXPLORATORY_OUTCOMES, OUT
 
 PRIMARY = ("first_nullity", "pgd_eps_star")
 EQUIVALENCE_BOUND = 0.3
+VIT_REFERENCE = "vit-p4-"  # + embedding dimension: the injective-patch ViT each patch-7 ViT is compared with
 ALPHA = 0.05
 DEFENSE_OUTCOMES = ("clean_acc", "pgd_eps_star", "fab_eps_star", "robust_0.1", "robust_0.3", "aa_robust_0.3",
                     "polytope_ratio", "nullspace_valid", "first_nullity", "mean_sigma_ratio", "mean_max_cosine")
@@ -101,8 +103,18 @@ def dose_tests(rows: list[dict], outcome: str = "pgd_eps_star") -> list[dict]:
 
 
 def defense_pairs(rows: list[dict], baseline: str) -> list[tuple[str, str]]:
+    """(configuration, its comparison): the MLP baseline, except for the ViTs, where patch 7 is compared
+    with patch 4 at the same embedding dimension (the same parameter count)."""
     configs = sorted({r["config"] for r in rows if r["config"] != baseline})
-    return [(c, baseline) for c in configs]
+    pairs = []
+    for c in configs:
+        if c.startswith(VIT_REFERENCE[:4]):
+            reference = VIT_REFERENCE + c.rsplit("-", 1)[1]
+            if reference != c and any(r["config"] == reference for r in rows):
+                pairs.append((c, reference))
+        else:
+            pairs.append((c, baseline))
+    return pairs
 
 
 def analyze(rows: list[dict], n_boot: int = 1000, baseline: str = "width-256") -> dict:
@@ -123,4 +135,5 @@ def analyze(rows: list[dict], n_boot: int = 1000, baseline: str = "width-256") -
             "power": power, "primary": primary(rows, n_boot), "secondary": secondary(rows),
             "exploratory": secondary(rows, EXPLORATORY_OUTCOMES), "dose": dose_tests(rows),
             "defense": defense_table(rows, defense_pairs(rows, baseline), list(DEFENSE_OUTCOMES)),
+            "claims": claims_table(rows),
             "baseline": baseline, "equivalence_bound": EQUIVALENCE_BOUND, "alpha": ALPHA}

@@ -49,13 +49,17 @@ def row(entry: dict) -> dict:
          "second_rank": layers[1]["rank"] if len(layers) > 1 else None,  # mlp-rank-r*: the bottleneck
          "mean_max_cosine": _mean([_num(layer.get("max_cosine")) for layer in layers]),
          "n_params": s["n_params"], "log_params": math.log(s["n_params"]),
+         "input_dim": math.prod(s["input_shape"]), "input_chans": s["input_shape"][0],  # (C, H, W) of an image
          "clean_acc": pgd[first_eps]["clean_acc"], "pgd_eps_star": _num(pgd[first_eps]["median_eps_star"]),
          "fab_eps_star": _num(out["fab"]["median_eps_star"]),
          "polytope_ratio": _num(poly["distance_ratio"]) if poly else None,
          # the ratio over all targets whether or not the search met its stopping rule (exploratory outcome)
          "polytope_ratio_unconverged": _num(poly.get("distance_ratio_all")) if poly else None,
          "nullspace_valid": null["valid_count"] / null["n"] if null and null.get("n") else None,
+         "polytope_converged": poly.get("converged") if poly else None,
+         "polytope_steps": poly.get("steps_used") if poly else None,  # the largest over the targets
          "epochs": entry["train"]["epochs"], "converged": entry["train"]["converged"],
+         "stopped_by": entry["train"].get("stopped_by"), "final_train_acc": entry["train"]["final_train_acc"],
          "pgd_flags": sorted({f["id"] for res in pgd.values() for f in res.get("flags", [])})}
     for eps, res in pgd.items():
         r[f"robust_{eps}"] = res["robust_acc"]
