@@ -88,20 +88,26 @@ class _PairCharge(torch.autograd.Function):
     @staticmethod
     def forward(ctx, matrix: Tensor, rows: Tensor | None, kappa: float, tau: float) -> Tensor:
         chosen = matrix if rows is None else matrix.index_select(0, rows)  # (s, n)
-        norms = chosen.norm(dim=1, keepdim=True).clamp_min(torch.finfo(chosen.dtype).tiny)  # (s, 1)
-        unit = chosen / norms
-        cosines = unit @ unit.T  # (s, s)
-        pairs = chosen.shape[0] * (chosen.shape[0] - 1) / 2
-        charges = one_sided_charge(cosines, kappa, tau).triu_(diagonal=1)  # pairs i < j only
-        slope = torch.sigmoid(kappa * (cosines.clamp_min(0) - tau)).mul_(cosines > 0).triu_(diagonal=1)
-        ctx.save_for_backward(unit, norms, slope / pairs, rows)
+        norms = torch.linalg.vector_norm(chosen, dim=1, keepdim=True).clamp_min(torch.finfo(chosen.dtype).tiny)
+        unit = chosen / norms  # (s, n)
+        cosines = unit @ unit.T  # (s, s), symmetric
+        # A zero diagonal charges nothing (c⁺ = 0) and has zero slope (c > 0 is false), so the sums over
+        # the full symmetric matrix are twice the sums over pairs i < j: no triangle masks needed.
+        cosines.fill_diagonal_(0.0)
+        shifted = cosines.clamp_min(0).mul_(kappa).sub_(kappa * tau)  # (s, s) κ(c⁺ − τ)
+        size = chosen.shape[0]
+        pairs = size * (size - 1) / 2
+        floor = math.log1p(math.exp(-kappa * tau))  # softplus(−κτ), the charge at c⁺ = 0
+        total = (F.softplus(shifted).sum() - floor * size * size) / (2 * kappa)  # Σ_{i<j} charge
+        slope = torch.sigmoid(shifted).mul_(cosines > 0)  # (s, s) dcharge/dc, symmetric, zero diagonal
+        ctx.save_for_backward(unit, norms, slope.div_(pairs), rows)
         ctx.shape = matrix.shape
-        return charges.sum() / pairs
+        return total / pairs
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         unit, norms, slope, rows = ctx.saved_tensors
-        d_unit = (slope + slope.T) @ unit * grad  # (s, n)
+        d_unit = (slope @ unit).mul_(grad)  # (s, n): S is already the symmetric sum over both orders
         d_rows = (d_unit - unit * (d_unit * unit).sum(1, keepdim=True)) / norms
         if rows is None:
             return d_rows, None, None, None

@@ -42,6 +42,7 @@ def skinny(matrix: Tensor, columns: Tensor) -> Tensor:
     return torch.stack([matrix @ column for column in columns.unbind(1)], dim=1)
 
 
+BLOCK = 4
 TINY_RATIO = 1e-14  # λ_min/λ_max below this (σ ratio 1e-7) the residual test is relative to λ_max·1e-14
 
 
@@ -108,25 +109,30 @@ class SingularTracker:
         lam, vectors = torch.linalg.eigh(tall.mT @ tall)  # (k,), (k, k) ascending
         floor = lam[-1].clamp_min(torch.finfo(tall.dtype).tiny) * tall.shape[1] * torch.finfo(tall.dtype).eps
         self.precond = (vectors / lam.clamp_min(floor)) @ vectors.mT  # (k, k)
-        self.low = vectors[:, : min(2, tall.shape[1])].clone()
+        self.low = vectors[:, : min(BLOCK, tall.shape[1])].clone()
         self.high = vectors[:, -1].clone()
         self.age, self.refreshes, self.shape = 0, self.refreshes + 1, tall.shape
 
     def _iterate(self, tall: Tensor, iterations: int, refreshed: bool = False) -> Extremes | None:
         """Ritz projections until the smallest pair's residual passes (at most ``iterations`` + 1 checks).
 
-        Every call projects at least once, so σ_max gets its power step even when σ_min was already
-        converged; a projection never raises the smallest Ritz value of a subspace holding the old vector.
-        Returns None when the pair did not converge.
+        Every call moves σ_max at least one Krylov step. When the cached vectors already pass on the new A,
+        that step is a two-dimensional Rayleigh–Ritz for the largest pair alone (one pass over A) and the
+        smallest pair is kept; otherwise a full projection runs, which never raises the smallest Ritz value
+        of a subspace holding the old vectors. Returns None when the pair did not converge.
         """
         low_image, high_image = skinny(tall, self.low), tall @ self.high  # (n, p), (n,)
         for done in range(iterations + 1):
             back = skinny(tall.mT, torch.cat([low_image, high_image.unsqueeze(1)], dim=1))  # (k, p + 1) AᵀA[V v]
             rho = low_image.square().sum(0)  # (p,) Rayleigh quotients σ²
             residual = back[:, :-1] - self.low * rho  # (k, p)
-            converged = self._converged(residual[:, 0], rho, high_image.square().sum())
+            projected = bool(done) or refreshed  # the vectors are Ritz vectors of the current A
+            converged = self._converged(residual[:, 0], rho, high_image.square().sum(), projected)
             self.unsettled = done > 1 or refreshed
             if converged and done:
+                break
+            if converged and not refreshed:
+                high_image = self._lift_high(tall, high_image, back[:, -1])
                 break
             if done == iterations:
                 return None
@@ -136,19 +142,47 @@ class SingularTracker:
         return Extremes(torch.stack([self.low[:, 0], self.high], 1),
                         torch.stack([low_image[:, 0], high_image], 1), refreshed)
 
-    def _converged(self, residual: Tensor, rho: Tensor, lam_high: Tensor) -> bool:
-        """Kato–Temple test: with gap δ to the next Ritz value the eigenvalue error is at most ‖r‖²/δ
+    def _converged(self, residual: Tensor, rho: Tensor, lam_high: Tensor, projected: bool) -> bool:
+        """Kato–Temple test: with gap δ to the next eigenvalue the eigenvalue error is at most ‖r‖²/δ
         and the vector's angle to the true one about ‖r‖/δ; the error must be below ``tolerance``·ρ
-        (ρ floored at 1e-14·λ_max), which bounds the angle by √(tolerance·ρ/δ)."""
+        (ρ floored at 1e-14·λ_max), which bounds the angle by √(tolerance·ρ/δ).
+
+        δ is estimated from the block. Right after a projection on the current A the block's Ritz values
+        are sorted and the mixing inside it is resolved, so δ reaches to the top of the block: a cluster of
+        nearly equal smallest values (the state this penalty drives a layer into, by lifting σ_min into
+        σ_2, σ_3, ...) then passes once it is separated from the rest, as it must, because no vector in
+        it is better defined than the cluster. Cached vectors from the previous A must pass with δ to the
+        next value (a reordered block has δ ≤ 0 and fails)."""
         scale = lam_high * TINY_RATIO
-        gap = ((rho[1] if len(rho) > 1 else lam_high) - rho[0]).clamp_min(scale)
-        error = torch.linalg.vector_norm(residual).square() / gap
+        if len(rho) == 1:
+            gap = lam_high - rho[0]
+        else:
+            gap = (rho[-1] if projected else rho[1]) - rho[0]
+        error = torch.linalg.vector_norm(residual).square() / gap.clamp_min(scale)
         return bool(error <= self.tolerance * rho[0].maximum(scale))
+
+    def _lift_high(self, tall: Tensor, image: Tensor, power: Tensor) -> Tensor:
+        """Rayleigh–Ritz for the largest pair on span{v, AᵀA v}; updates v and returns its image A v."""
+        vector = self.high  # (k,)
+        step = power - vector * (vector @ power)  # (k,) the Krylov direction, orthogonal to v
+        step = step - vector * (vector @ step)  # twice is enough (Kahan): orthogonal to working precision
+        length = torch.linalg.vector_norm(step)
+        # residual ‖r‖ below √eps·λ: the error of λ, about ‖r‖²/gap, is at working precision (gap ≥ 1e-8·λ)
+        if not bool(length > torch.finfo(step.dtype).eps ** 0.5 * torch.linalg.vector_norm(power)):
+            return image
+        step = step / length
+        step_image = tall @ step  # (n,)
+        cross = image @ step_image
+        gram = torch.stack([torch.stack([image @ image, cross]), torch.stack([cross, step_image @ step_image])])
+        top = torch.linalg.eigh(gram)[1][:, -1]  # (2,) coefficients of the largest Ritz vector
+        self.high = top[0] * vector + top[1] * step
+        return top[0] * image + top[1] * step_image
 
     def _ritz(self, tall: Tensor, residual: Tensor, power: Tensor) -> tuple[Tensor, Tensor]:
         """One Rayleigh–Ritz projection; updates the vectors and returns their images under A."""
         p = self.low.shape[1]
-        basis = torch.cat([self.low, self.precond @ residual, self.high.unsqueeze(1), power.unsqueeze(1)], 1)
+        basis = torch.cat([self.low, (residual.mT @ self.precond).mT,  # P R: P symmetric; a short-wide GEMM
+                            self.high.unsqueeze(1), power.unsqueeze(1)], 1)
         basis, _ = torch.linalg.qr(basis)  # (k, q) orthonormal, q ≤ 2p + 2
         projected = skinny(tall, basis)  # (n, q)
         _, _, right = torch.linalg.svd(projected, full_matrices=False)  # (q, q), singular values descending
@@ -188,7 +222,8 @@ def tracked_eigenvalues(matrix: Tensor, tracker: SingularTracker) -> Tensor:
         tall = matrix.detach().to(torch.float64)
         tall = tall.mT if wide else tall  # (n, k), n ≥ k
         ext = tracker.update(tall)
-        lams = torch.cat([ext.images.square().sum(0), tall.square().sum().view(1) / tall.shape[1]])  # (3,)
+        mean = torch.linalg.vector_norm(tall).square().view(1) / tall.shape[1]  # ‖A‖²_F / k, no (n, k) temporary
+        lams = torch.cat([ext.images.square().sum(0), mean])  # (3,)
     # tall A: dλ/dA = 2 (A v) vᵀ; for a wide W = Aᵀ it is the transpose, 2 v (A v)ᵀ
     left, right = (ext.vectors, ext.images) if wide else (ext.images, ext.vectors)
     return _Eigenvalues.apply(matrix, left, right, lams)
