@@ -41,7 +41,7 @@ from regcollide.audit.rank import RankInfo, default_tolerance, rank_and_singular
 
 __all__ = ["AuditResult", "LayerAudit", "audit", "default_tolerance", "rank_and_singular_values"]
 
-_METHOD_ORDER = ("cholesky", "gram", "svd")  # a layer reports the most expensive path any block took
+_METHOD_ORDER = ("cholesky", "deflation", "gram", "svd")  # a layer reports the costliest path of its blocks
 TOLERANCE_RULE = "tol = max(atol, rtol * sigma_max); default rtol = max(out, in) * eps(weight dtype)"
 
 
