@@ -110,32 +110,37 @@ class PGD:
             if self.progress:
                 chunks = tqdm(chunks, desc=f"PGD-{self.steps} {self.norm}", unit="batch")
             for start in chunks:
-                ids = torch.arange(start, min(start + self.batch_size, n), device=images.device)
-                eps_b = eps_all[ids].to(images.dtype).view(-1, 1, 1, 1) if isinstance(eps_all, Tensor) \
+                stop = min(start + self.batch_size, n)
+                ids = torch.arange(start, stop, device=images.device)
+                x = images[start:stop]  # (B, C, H, W) a view: no copy of the chunk
+                eps_b = eps_all[start:stop].to(images.dtype).view(-1, 1, 1, 1) if isinstance(eps_all, Tensor) \
                     else float(eps_all)
-                tgt = target_labels[ids] if self.targeted else labels[ids]
+                tgt = target_labels[start:stop] if self.targeted else labels[start:stop]
                 if self.random_start and self.early_stop:  # a fooling clean input is broken at step 0
                     with torch.no_grad():
-                        pred = self.model(images[ids]).argmax(1)
+                        pred = self.model(x).argmax(1)
                     done = ids[pred == tgt if self.targeted else pred != tgt]
                     success[done], first[done] = True, 0
                 for r in range(self.restarts):
                     # Noise is drawn for the whole chunk, so a sample's start point does not depend on
                     # which other samples were already broken.
-                    noise = self._unit_noise(images[ids], gen) if self.random_start else None
-                    todo = ~success[ids]
-                    if todo.any():
-                        self._run(images, ids[todo], tgt[todo], _take(eps_b, todo),
+                    noise = self._unit_noise(x, gen) if self.random_start else None
+                    todo = ~success[start:stop]
+                    if bool(todo.all()):  # nothing broken yet: the chunk as it is, no masked copies
+                        self._run(x, ids, tgt, eps_b, noise, r, adv, success, first)
+                    elif todo.any():
+                        self._run(x[todo], ids[todo], tgt[todo], _take(eps_b, todo),
                                   None if noise is None else noise[todo], r, adv, success, first)
         return PGDOutput(adv=adv, success=success, first_success_step=first)
 
-    def _run(self, images, ids, tgt, eps, noise, restart, adv_out, success, first) -> None:
-        """One restart on the samples `ids`; writes results into the output tensors in place."""
-        x = images[ids]  # (B, C, H, W) clean inputs of the active samples
+    def _run(self, x, ids, tgt, eps, noise, restart, adv_out, success, first) -> None:
+        """One restart on the clean inputs ``x`` (B, C, H, W) of samples ``ids``; writes the output tensors."""
         alpha = eps * (self.alpha / self.eps)  # float or (B, 1, 1, 1)
         adv = x.clone() if noise is None else torch.clamp(x + eps * noise, min=0, max=1)
         box = self._box(x, eps)  # L∞: the ε-ball ∩ [0, 1] as per-pixel bounds, computed once
-        first_seen = torch.full_like(ids, -1)  # (B,) only tracked without early stop
+        # without early stop, which iterates fool the model: (steps + 1, B), reduced once at the end
+        hits = None if self.early_stop else torch.empty((self.steps + 1, len(ids)), dtype=torch.bool,
+                                                       device=x.device)
         for t in range(self.steps + 1):
             last, step_count = t == self.steps, restart * self.steps + t
             adv.requires_grad_(not last)
@@ -144,8 +149,8 @@ class PGD:
             with torch.no_grad():
                 pred = logits.argmax(1)
                 fooled = pred == tgt if self.targeted else pred != tgt  # (B,)
-                if not self.early_stop:
-                    first_seen = torch.where(fooled & (first_seen < 0), step_count, first_seen)
+            if hits is not None:
+                hits[t] = fooled
             drop = self.early_stop and bool(fooled.any())
             if drop:  # broken now: record this iterate, then drop it so it stops costing compute
                 adv_out[ids[fooled]] = adv.detach()[fooled]
@@ -165,10 +170,11 @@ class PGD:
                 eps, alpha = _take(eps, keep), _take(alpha, keep)
                 box = None if box is None else (box[0][keep], box[1][keep])
             adv = self._step(adv.detach(), x, grad, eps, alpha, box)
-        adv_out[ids] = adv.detach()  # last iterate (with early stop, a fooled one was already recorded)
-        if not self.early_stop:
+        adv_out.index_copy_(0, ids, adv.detach())  # last iterate (with early stop a fooled one was recorded)
+        if hits is not None:
             success[ids[fooled]] = True
-            # fooled mid-way but recovered is not a success in this mode
+            # the first fooling step; fooled mid-way but recovered is not a success in this mode
+            first_seen = hits.to(torch.uint8).argmax(0) + restart * self.steps  # (B,) first True
             first[ids] = torch.where(fooled, first_seen, -1)
 
     def _box(self, x: Tensor, eps) -> tuple[Tensor, Tensor] | None:
