@@ -15,6 +15,7 @@ agree with the baseline: disagreements are printed and make the exit status 1.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -26,6 +27,7 @@ from regcollide.audit.matrices import iter_weight_layers, layer_matrix
 from regcollide.audit.spectrum import audit
 from regcollide.models import create_model, default_geometry
 
+METHODS = ("cholesky", "deflation", "gram", "svd")
 QUICK_MODELS = ("tv:resnet18", "timm:deit_tiny_patch16_224")
 FULL_MODELS = (
     "tv:vgg16", "timm:vit_base_patch16_224", "tv:alexnet", "tv:squeezenet1_1", "tv:resnet50", "tv:densenet121",
@@ -61,10 +63,11 @@ def bench(name: str, repeats: int) -> dict:
         start = time.perf_counter()
         reference = baseline_ranks(model)
         base.append(time.perf_counter() - start)
-        print(f"  {name} repeat {len(base)}: ours {ours[-1]:.2f} s, matrix_rank {base[-1]:.2f} s", flush=True)
+        print(f"  {name} repeat {len(base)}: ours {ours[-1]:.2f} s, matrix_rank {base[-1]:.2f} s, "
+              f"load average {_load()}", flush=True)
     extras_seconds, _ = _ours(model, shape, extras=True)
     wrong = [layer.name for layer in result.layers if layer.rank != reference[layer.name]]
-    methods = {m: sum(layer.method == m for layer in result.layers) for m in ("cholesky", "gram", "svd")}
+    methods = {m: sum(layer.method == m for layer in result.layers) for m in METHODS}
     row = {"model": name, "ours": statistics.median(ours), "baseline": statistics.median(base),
            "extras": extras_seconds, "wrong": wrong, "methods": methods, "n": result.n_weights}
     print(f"{name}: {row['n']} matrices, ours {row['ours']:.2f} s (runs {', '.join(f'{t:.2f}' for t in ours)}), "
@@ -72,6 +75,11 @@ def bench(name: str, repeats: int) -> dict:
           f"speed-up {row['baseline'] / row['ours']:.1f}x, rank disagreements {len(wrong)} {wrong or ''}, "
           f"paths {methods}, ours+cosines+sensitivity {extras_seconds:.2f} s", flush=True)
     return row
+
+
+def _load() -> str:
+    """The 1-minute load average (the machine is shared: every number is quoted with it)."""
+    return f"{os.getloadavg()[0]:.1f}"
 
 
 def main() -> None:

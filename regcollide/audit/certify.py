@@ -18,10 +18,12 @@ smaller side of a weight matrix A (m x n, k = min(m, n), N = max(m, n)). This mo
 - ``lanczos_top``: the largest Ritz value of a symmetric operator (Lanczos with full reorthogonalisation,
   batched), a lower bound of its largest eigenvalue, used to estimate sigma_max and sigma_min.
 
-Why float64 for anything but a full-rank certificate: the default tolerance is ``tol = max(m, n) * eps(float32) * sigma_max``, so tol^2 is about
-1.4e-14 N^2 sigma_max^2. A float32 Gram carries errors of about N * 6e-8 * ||A||_F^2 in its eigenvalues,
-far above tol^2; it cannot decide the rank at all. In float64 the error bound sits at least ~30x below
-tol^2 (see ``regcollide.audit.rank``).
+Why float64 for anything but a full-rank certificate: the default tolerance is
+``tol = max(m, n) * eps(float32) * sigma_max``, so tol^2 is about 1.4e-14 N^2 sigma_max^2. A float32 Gram
+carries errors of about N * 6e-8 * ||A||_F^2 in its eigenvalues, far above tol^2: it cannot tell a
+singular value near tol from 0. It can only prove that all of them are far above tol, which is what
+``gram32`` is used for. In float64 the error bound sits at least ~30x below tol^2 (see
+``regcollide.audit.rank``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,163 @@
+"""The float32 Gram and the deflation certificate: their bounds hold against float64 SVD on adversarial
+matrices, and the ranks they give equal torch.linalg.matrix_rank's (at 1x and the sensitivity factors)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from regcollide.audit import decide
+from regcollide.audit import rank as rank_engine
+from regcollide.audit.certify import CHUNK32, gram32
+from regcollide.audit.deflate import _above, _below, deflated_ranks
+from regcollide.audit.rank import ranks_of
+
+EPS32 = torch.finfo(torch.float32).eps
+FACTORS = (0.1, 10.0, 100.0)
+
+
+def with_spectrum(sigma: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    m = sigma.numel()
+    u, _ = torch.linalg.qr(torch.randn(m, m, generator=gen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n, m, generator=gen, dtype=torch.float64))
+    return u @ torch.diag(sigma.double()) @ v.T  # (m, n) with singular values sigma (up to rounding)
+
+
+def reference_ranks(matrix: torch.Tensor, factors: tuple[float, ...] = FACTORS) -> list[int]:
+    """matrix_rank at 1x and at each factor of the default tolerance, on the float32 matrix itself."""
+    rtol = max(matrix.shape) * EPS32
+    return [int(torch.linalg.matrix_rank(matrix))] + [int(torch.linalg.matrix_rank(matrix, rtol=f * rtol))
+                                                      for f in factors]
+
+
+def engine_ranks(matrix: torch.Tensor, factors: tuple[float, ...] = FACTORS) -> tuple[list[int], str]:
+    rank_engine._CACHE.clear()
+    (info,) = ranks_of([matrix], cosines=False, factors=factors)
+    return [info.rank, *info.ranks_at], info.method
+
+
+def adversarial_rectangles() -> dict[str, torch.Tensor]:
+    """Wide and tall float32 matrices whose float32 Gram is as inaccurate as we could make it."""
+    gen = torch.Generator().manual_seed(7)
+    n = 3 * CHUNK32 + 17  # several chunks, the last one short
+    spread = with_spectrum(torch.logspace(0, -6, 150), n, seed=1)  # huge dynamic range
+    repeated = with_spectrum(torch.cat([torch.full((100,), 3.0), torch.full((50,), 1e-3)]), n, seed=2)
+    # Entries of both signs spanning 12 orders of magnitude in a row: cancellation in every dot product.
+    scales = torch.logspace(-6, 6, n, dtype=torch.float64)[torch.randperm(n, generator=gen)]
+    cancelling = torch.randn(150, n, generator=gen, dtype=torch.float64) * scales
+    return {"spread": spread.float(), "repeated": repeated.float(), "cancelling": cancelling.float(),
+            "tall": with_spectrum(torch.linspace(2, 1, 150), n, seed=3).float().T.contiguous()}
+
+
+@pytest.mark.parametrize("name", ["spread", "repeated", "cancelling", "tall"])
+def test_float32_gram_eigenvalues_lie_within_the_stated_bound_of_float64_svd(name):
+    matrix = adversarial_rectangles()[name]
+    grams, frob2, delta = gram32(matrix[None])
+    exact = torch.linalg.svdvals(matrix.double()).flip(0) ** 2  # ascending, from the same float32 values
+    got = torch.linalg.eigvalsh(grams[0])
+    assert float((got - exact).abs().max()) <= float(delta[0])
+    assert float(frob2[0]) >= float(exact.sum())
+    # The bound is an upper bound on the whole error matrix too (Weyl): check its 2-norm directly.
+    true_gram = matrix.double() @ matrix.double().T if matrix.shape[0] <= matrix.shape[1] else \
+        matrix.double().T @ matrix.double()
+    assert float(torch.linalg.matrix_norm(grams[0] - true_gram, ord=2)) <= float(delta[0])
+
+
+def test_float32_gram_certifies_well_conditioned_rectangles_and_agrees_with_matrix_rank():
+    gen = torch.Generator().manual_seed(4)
+    mats = [torch.randn(300, 2 * CHUNK32 + 100, generator=gen), torch.randn(2 * CHUNK32 + 100, 300, generator=gen)]
+    assert all(decide._float32_pays(m[None], 300, max(m.shape)) for m in mats)
+    grams, _, delta = gram32(torch.stack([mats[0], mats[1].T]))
+    lam_min = torch.linalg.eigvalsh(grams)[:, 0]
+    assert bool((delta < 0.5 * lam_min).all())  # not vacuous: the certificate has room to succeed
+    for matrix in mats:
+        ranks, method = engine_ranks(matrix)
+        assert (ranks, method) == (reference_ranks(matrix), "cholesky")
+
+
+def test_square_matrices_skip_the_float32_gram():
+    assert not decide._float32_pays(torch.zeros(1, 600, 600), 600, 600)
+    assert not decide._float32_pays(torch.zeros(1, 300, 1300, dtype=torch.float64), 300, 1300)
+
+
+def test_an_ill_conditioned_rectangle_falls_back_to_float64_and_still_agrees():
+    n = 2 * CHUNK32
+    sigma = torch.linspace(1.0, 0.5, 200)
+    sigma[-1] = 20 * n * EPS32  # certifiable in float64 at 1x, far below the float32 Gram's error
+    matrix = with_spectrum(sigma, n, seed=5).float()
+    ranks, method = engine_ranks(matrix)
+    assert ranks == reference_ranks(matrix) and method in ("gram", "svd")
+
+
+def square_with_small_values(small: torch.Tensor, k: int = 600, seed: int = 0) -> torch.Tensor:
+    """A k x k float32 matrix: sigma from 1 down to 0.05, then the given small values (times tol)."""
+    tol = k * EPS32  # sigma_max = 1
+    sigma = torch.cat([torch.linspace(1.0, 0.05, k - small.numel(), dtype=torch.float64), small.double() * tol])
+    return with_spectrum(sigma, k, seed).float()
+
+
+# At 0.1x the float64 Gram's error bound exceeds (0.1 tol)^2 for this shape: every small value is
+# "borderline" there and goes to the SVD (tested below), so the deflation tests use 1x, 10x and 100x.
+@pytest.mark.parametrize("small", [
+    [],  # full rank: deflation with q = 0 certifies it
+    [0.3],
+    [0.0, 0.0, 0.2, 0.5],  # exact zeros
+    [0.4] * 6,  # repeated singular values below the tolerance
+    [1e-30, 1e-20, 1e-12, 1e-6],  # huge dynamic range down to nothing
+    [0.5, 0.8, 1.25, 2.0],  # values on both sides of 1x
+])
+def test_deflation_certificate_gives_matrix_rank_exactly(small):
+    matrix = square_with_small_values(torch.tensor(small))
+    ranks, method = engine_ranks(matrix, factors=(10.0, 100.0))
+    assert ranks == reference_ranks(matrix, factors=(10.0, 100.0))
+    assert method == "deflation"
+
+
+def test_small_values_at_a_tenth_of_the_tolerance_are_recomputed_by_svd():
+    matrix = square_with_small_values(torch.tensor([0.0, 0.3]), seed=4)
+    ranks, method = engine_ranks(matrix)
+    assert ranks == reference_ranks(matrix) and method == "svd"
+
+
+@pytest.mark.parametrize("factor", [1 - 1e-6, 1 + 1e-6, 1.01])
+def test_a_singular_value_in_the_band_is_recomputed_as_the_reference_does(factor):
+    matrix = square_with_small_values(torch.tensor([0.5, factor]), seed=1)
+    ranks, method = engine_ranks(matrix, factors=(10.0,))
+    assert ranks == reference_ranks(matrix, factors=(10.0,))
+    assert method == "svd"
+
+
+def test_more_small_values_than_the_block_fall_back_to_the_eigensolver():
+    matrix = square_with_small_values(torch.full((40,), 0.5), seed=2)
+    ranks, method = engine_ranks(matrix, factors=(10.0,))
+    assert ranks == reference_ranks(matrix, factors=(10.0,)) and method == "gram"
+
+
+def spd_with_spectrum(spectrum: torch.Tensor, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(spectrum.numel(), spectrum.numel(), generator=gen, dtype=torch.float64))
+    return q @ torch.diag(spectrum) @ q.T
+
+
+def test_deflation_counts_each_band_and_refuses_what_it_cannot_prove():
+    tiny = torch.tensor([1e-12, 2e-12], dtype=torch.float64)
+    gram = spd_with_spectrum(torch.cat([tiny, torch.linspace(1e-6, 1.0, 62, dtype=torch.float64)]), seed=3)
+    frob2, upper = float(torch.trace(gram)) * 1.001, 1.0001
+    ranks, sigma_min = deflated_ranks(gram, [(1e-9, 2e-9), (1e-7, 5e-7)], frob2, upper)
+    assert ranks == [62, 62] and sigma_min == pytest.approx(1e-6, rel=0.1)
+    assert deflated_ranks(gram, [(1.5e-12, 1e-9)], frob2, upper) == "borderline"  # a Ritz value in the band
+    # The lifted Cholesky proves "at most q eigenvalues <= hi" only with a rounding margin: an eigenvalue
+    # 1e-13 above hi is not proven (False means "not certified"), one 1e-9 above is.
+    spectrum = torch.cat([tiny, torch.linspace(1e-6, 1.0, 62, dtype=torch.float64)])
+    values, vectors = torch.linalg.eigh(spd_with_spectrum(spectrum, seed=4))
+    gram = vectors @ torch.diag(values) @ vectors.T
+    trace = float(torch.trace(gram)) * 1.001
+    assert _above(gram, vectors[:, :2], float(values[2]) - 1e-9, trace)
+    assert not _above(gram, vectors[:, :2], float(values[2]) - 1e-13, trace)
+    assert not _above(gram, vectors[:, :1], 1e-9, trace)  # two eigenvalues below, only one lifted
+    assert _below(gram, vectors[:, :2], 1e-9, 1.0001) and not _below(gram, vectors[:, :3], 1e-9, 1.0001)
+    # More eigenvalues under the band than inverse-iteration vectors (16 for k = 64): no answer either.
+    many = torch.cat([torch.full((20,), 1e-12, dtype=torch.float64), torch.linspace(1e-3, 1.0, 44).double()])
+    gram = spd_with_spectrum(many, seed=5)
+    assert deflated_ranks(gram, [(1e-9, 2e-9)], float(torch.trace(gram)) * 1.001, upper) is None
