@@ -3,14 +3,14 @@
 The rank engine (``regcollide.audit.rank``) decides ``sigma_i > tol`` from the k x k Gram matrix of the
 smaller side of a weight matrix A (m x n, k = min(m, n), N = max(m, n)). This module gives it
 
-- ``gram``: the float64 Gram, batched and chunked (BLAS ``dsyrk`` for large CPU matrices), together with
-  ``delta``, a rigorous bound on ``|lambda_hat - lambda|`` for every eigenvalue (see ``gram_error``);
-- ``gram32``: the same Gram from float32 products (BLAS ``ssyrk`` on CPU, about twice the speed), with its
-  own rigorous bound: every product is summed over chunks of ``CHUNK32`` columns into fresh outputs and
-  the chunks are added one by one, so each entry passes through at most ``CHUNK32 + chunks`` float32
-  roundings and ``|G_hat - G| <= gamma |A| |A|^T`` entrywise (Higham, "Accuracy and Stability of Numerical
-  Algorithms", 2002, sec. 3.1), hence ``||G_hat - G||_2 <= gamma ||A||_F^2`` (Weyl). Far too coarse to
-  resolve tol^2, but enough to certify full rank of well-conditioned rectangular matrices;
+- ``gram``: the Gram in float64 or, on CPU, from float32 products (BLAS ``ssyrk``, about twice the
+  speed), with ``delta``, a rigorous bound on ``|lambda_hat - lambda|`` for every eigenvalue: products are
+  formed over chunks of ``CHUNK`` columns into fresh outputs and the chunks added one by one, so each
+  entry passes through at most ``CHUNK + chunks`` roundings and ``|G_hat - G| <= gamma |A| |A|^T``
+  entrywise (Higham, "Accuracy and Stability of Numerical Algorithms", 2002, sec. 3.1), hence
+  ``||G_hat - G||_2 <= gamma ||A||_F^2`` and, by Weyl, the same bound on every eigenvalue. The float32
+  bound is far too coarse to resolve tol^2, but enough to certify full rank of well-conditioned
+  rectangular matrices;
 - ``is_positive_definite``: a *certified* positive-definiteness test by floating-point Cholesky after a
   shift (Rump, "Verification of positive definiteness", BIT 46, 2006): if Cholesky of ``M - s I``
   succeeds in float64 with ``s >= gamma_{k+1} / (1 - 2 gamma_{k+1}) * tr(M)``, then M is positive
@@ -35,78 +35,58 @@ import torch
 from scipy.linalg.blas import dsyrk, ssyrk
 from torch import Tensor
 
-__all__ = ["CHUNK32", "U64", "gram", "gram32", "gram32_gamma", "gram_error", "is_positive_definite", "lanczos_top"]
+__all__ = ["CHUNK", "U32", "U64", "chunk_gamma", "eigensolver_error", "gram", "is_positive_definite",
+           "lanczos_top"]
 
 U64 = 2.0**-52  # twice the float64 unit roundoff: every bound below is taken generously
 U32 = 2.0**-24  # float32 unit roundoff
-CHUNK32 = 512  # columns per float32 product in gram32: the error bound grows with CHUNK32 + N / CHUNK32
-_GRAM_CHUNK_BYTES = 256 * 2**20  # float64 working set per Gram step
-_SYRK_MIN_ELEMENTS = 2**22  # below this, batched torch matmuls are as fast
+CHUNK = 512  # columns per fresh product in a Gram: an entry sees at most CHUNK + N / CHUNK roundings
 
 
-def gram(batch: Tensor) -> Tensor:
-    """k x k float64 Gram of the smaller side for a batch (B, m, n) -> (B, k, k), chunked over N."""
-    bsz, m, n = batch.shape
-    wide = m <= n
-    k, big = (m, n) if wide else (n, m)
-    if batch.device.type == "cpu" and bsz == 1 and k * big >= _SYRK_MIN_ELEMENTS:
-        return _gram_syrk(batch[0], wide)[None]
-    out = torch.zeros(bsz, k, k, dtype=torch.float64, device=batch.device)
-    step = max(1, _GRAM_CHUNK_BYTES // (8 * bsz * k))
-    for start in range(0, big, step):
-        if wide:
-            part = batch[:, :, start : start + step].to(torch.float64)  # (B, k, step)
-            out.baddbmm_(part, part.mT)
-        else:
-            part = batch[:, start : start + step, :].to(torch.float64)  # (B, step, k)
-            out.baddbmm_(part.mT, part)
-    return out
+def chunk_gamma(big: int, unit: float) -> float:
+    """gamma_n = n u / (1 - n u) for the n = CHUNK + chunks roundings an entry of a Gram sees."""
+    terms = min(big, CHUNK) + math.ceil(big / CHUNK)
+    return terms * unit / (1 - terms * unit)
 
 
-def _gram_syrk(matrix: Tensor, wide: bool) -> Tensor:
-    """Large CPU matrices: BLAS dsyrk computes only one triangle, half the flops of a GEMM."""
-    k, big = (matrix.shape[0], matrix.shape[1]) if wide else (matrix.shape[1], matrix.shape[0])
-    out = np.zeros((k, k), dtype=np.float64, order="F")
-    step = max(1, _GRAM_CHUNK_BYTES // (8 * k))
-    for start in range(0, big, step):
-        if wide:  # part (k, c) C-order -> its transpose is (c, k) Fortran-order: part @ part.T
-            part = matrix[:, start : start + step].to(torch.float64).numpy()
-            out = dsyrk(1.0, part.T, beta=1.0, c=out, trans=1, overwrite_c=True)
-        else:  # part (c, k) C-order -> its transpose is (k, c) Fortran-order: part.T @ part
-            part = matrix[start : start + step, :].to(torch.float64).numpy()
-            out = dsyrk(1.0, part.T, beta=1.0, c=out, trans=0, overwrite_c=True)
-    return _symmetrize(torch.from_numpy(out))
+def gram(batch: Tensor, single: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """Gram of the smaller side of a batch (B, m, n): (grams (B, k, k) float64, ||A||_F^2 bound (B,), delta).
 
-
-def gram32_gamma(big: int) -> float:
-    """gamma_n = n u / (1 - n u) for the n = CHUNK32 + chunks float32 roundings an entry of gram32 sees."""
-    terms = min(big, CHUNK32) + math.ceil(big / CHUNK32)
-    return terms * U32 / (1 - terms * U32)
-
-
-def gram32(batch: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Float32 Gram of the smaller side of a CPU batch (B, m, n): (grams (B, k, k) float64, ||A||_F^2 bound,
-    delta) with ``|lambda_hat - lambda| <= delta`` for every eigenvalue (products and eigensolver).
-
-    Uses scipy's BLAS ``ssyrk`` (IEEE float32 whatever torch's matmul precision setting), one fresh product
-    per chunk of CHUNK32 columns, summed in float32: see the module docstring for the bound.
+    ``|lambda_i(G_hat) - lambda_i(G)| <= delta`` for every eigenvalue (the products' rounding only; an
+    eigensolver run on G_hat adds its own error). ``single`` forms the products in float32 (CPU only).
+    Each chunk of CHUNK columns is one fresh BLAS ``syrk`` product (half the flops of a GEMM), and the
+    chunks are added one by one, so whatever order the BLAS sums in, an entry passes through at most
+    CHUNK + N / CHUNK roundings (see the module docstring).
     """
     bsz, m, n = batch.shape
     wide = m <= n
     k, big = (m, n) if wide else (n, m)
-    out = torch.empty(bsz, k, k, dtype=torch.float64)
-    for b in range(bsz):
-        matrix = batch[b].detach().float().numpy()  # (m, n) C-order, a view of the weights
-        acc = np.zeros((k, k), dtype=np.float32, order="F")
-        for start in range(0, big, CHUNK32):
-            # wide: part (k, c) C-order, its .T is (c, k) F-order and trans=1 gives part @ part.T;
-            # tall: part (c, k) C-order, its .T is (k, c) F-order and trans=0 gives part.T @ part.
-            part = matrix[:, start : start + CHUNK32] if wide else matrix[start : start + CHUNK32, :]
-            acc += ssyrk(1.0, part.T, trans=1 if wide else 0)  # upper triangle of a fresh (k, k) product
-        out[b] = _symmetrize(torch.from_numpy(acc).double())
-    gamma = gram32_gamma(big)
-    frob2 = out.diagonal(dim1=1, dim2=2).sum(dim=1) / (1 - gamma) * (1 + 1e-6)  # (B,) >= ||A||_F^2
-    return out, frob2, (gamma + U64 * (10 * k + 10)) * frob2
+    dtype = torch.float32 if single else torch.float64
+    if batch.device.type == "cpu":
+        grams = torch.stack([_gram_syrk(batch[b].detach(), wide, dtype) for b in range(bsz)])
+    else:  # other devices: float64 only (torch's float32 matmuls may use reduced-precision units)
+        grams = torch.zeros(bsz, k, k, dtype=torch.float64, device=batch.device)
+        for start in range(0, big, CHUNK):
+            part = (batch[:, :, start : start + CHUNK] if wide else batch[:, start : start + CHUNK, :].mT).double()
+            grams += part @ part.mT  # (B, k, c) @ (B, c, k), a fresh product per chunk
+        dtype = torch.float64
+    gamma = chunk_gamma(big, U32 if dtype == torch.float32 else U64 / 2)
+    frob2 = grams.diagonal(dim1=1, dim2=2).sum(dim=1) / (1 - gamma) * (1 + 1e-12)  # (B,) >= ||A||_F^2
+    return grams, frob2, gamma * frob2
+
+
+def _gram_syrk(matrix: Tensor, wide: bool, dtype: torch.dtype) -> Tensor:
+    """(k, k) float64 Gram of one CPU matrix from scipy's BLAS syrk (IEEE arithmetic in ``dtype``)."""
+    k, big = (matrix.shape[0], matrix.shape[1]) if wide else (matrix.shape[1], matrix.shape[0])
+    syrk = ssyrk if dtype == torch.float32 else dsyrk
+    values = matrix.to(dtype).numpy()  # a view when the dtype already matches
+    acc = np.zeros((k, k), dtype=values.dtype, order="F")
+    for start in range(0, big, CHUNK):
+        # wide: part (k, c) C-order, its .T is (c, k) F-order and trans=1 gives part @ part.T;
+        # tall: part (c, k) C-order, its .T is (k, c) F-order and trans=0 gives part.T @ part.
+        part = values[:, start : start + CHUNK] if wide else values[start : start + CHUNK, :]
+        acc += syrk(1.0, part.T, trans=1 if wide else 0)  # upper triangle of a fresh (k, k) product
+    return _symmetrize(torch.from_numpy(acc).double())
 
 
 def _symmetrize(upper: Tensor) -> Tensor:
@@ -114,16 +94,9 @@ def _symmetrize(upper: Tensor) -> Tensor:
     return upper.triu() + upper.triu(1).mT
 
 
-def gram_error(grams: Tensor, big: int) -> tuple[Tensor, Tensor]:
-    """(||A||_F^2 rounded up, delta) per Gram in (B, k, k).
-
-    A dot product of length N in float64 errs by at most gamma_N |a||b|, so ``|G_hat - G|_2 <=
-    gamma_N ||A||_F^2``; a backward-stable symmetric eigensolver adds p(k) u ||G||. Weyl's theorem gives
-    ``|lambda_hat - lambda| <= delta = U64 * (N + 10 k + 10) * ||A||_F^2`` for every eigenvalue.
-    """
-    k = grams.shape[-1]
-    frob2 = grams.diagonal(dim1=1, dim2=2).sum(dim=1) * (1 + 1e-6)  # (B,)
-    return frob2, U64 * (big + 10 * k + 10) * frob2
+def eigensolver_error(grams_norm: Tensor, k: int) -> Tensor:
+    """Error bound of a backward-stable symmetric eigensolver on a k x k matrix of 2-norm ``grams_norm``."""
+    return U64 * (10 * k + 10) * grams_norm
 
 
 def is_positive_definite(matrices: Tensor) -> tuple[Tensor, Tensor, Tensor]:

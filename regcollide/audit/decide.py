@@ -3,9 +3,10 @@
 Each stage is cheaper than the next and only passes on what it could not prove (see
 ``regcollide.audit.rank`` for the numerical argument):
 
-1. a float32 Gram (``certify.gram32``) and the full-rank certificate, for rectangular float32 matrices
+1. a float32 Gram (``certify.gram``) and the full-rank certificate, for rectangular float32 matrices
    whose Marchenko-Pastur smallest eigenvalue clears the float32 error bound;
-2. the float64 Gram and the full-rank certificate (k > 128): Lanczos, then two certified Choleskys;
+2. the float64 Gram and the full-rank certificate: Lanczos, then two certified Choleskys. Both
+   certificates are skipped for batches too small to repay their fixed cost (``_certificate_pays``);
 3. the deflation certificate (``regcollide.audit.deflate``, k >= 512): a few small eigenvalues counted
    exactly with Choleskys instead of an eigensolver;
 4. the symmetric eigensolver on the Gram, and for any matrix with an eigenvalue in the band around tol^2,
@@ -21,13 +22,16 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from regcollide.audit.certify import gram, gram32, gram32_gamma, gram_error, is_positive_definite, lanczos_top
+from regcollide.audit.certify import U32, chunk_gamma, eigensolver_error, gram, is_positive_definite, lanczos_top
 from regcollide.audit.deflate import deflated_ranks
 from regcollide.audit.noise import expected_random_count
 
 __all__ = ["Decided", "NonFiniteWeightsError", "Rule", "decide_batch"]
 
 _CERTIFY_MIN_K = 129  # below this a batched eigensolve is as cheap as the certificate
+# The certificate's fixed cost (about 80 Lanczos steps in Python) is repaid once the eigensolves it saves,
+# about B k^3 flops at BLAS-2 speed, exceed it: B k^3 >= 4e8 (one 768 x 768 Gram, three of 512, ...).
+_CERTIFY_MIN_WORK = 4e8
 _DEFLATE_MIN_K = 512  # below this the eigensolver is as cheap as the deflation certificate
 _LANCZOS_STEPS = 40
 _UPPER_MARGIN = 1.01  # certify lambda_max < 1.01 * (Lanczos estimate): tol is over-estimated by <= 0.5%
@@ -140,9 +144,14 @@ def _float32_pays(batch: Tensor, k: int, big: int) -> bool:
     """Whether a float32 Gram can plausibly certify full rank: its error bound gamma ||A||_F^2 must sit
     well below lambda_min, which for i.i.d. weights is (1 - sqrt(k/N))^2 times the mean eigenvalue
     ||A||_F^2 / k (Marchenko-Pastur). Square-ish matrices go straight to float64. CPU only (scipy BLAS)."""
-    if batch.device.type != "cpu" or batch.dtype != torch.float32 or k < _CERTIFY_MIN_K:
+    if batch.device.type != "cpu" or batch.dtype != torch.float32 or not _certificate_pays(batch.shape[0], k):
         return False
-    return gram32_gamma(big) * k < 0.5 * (1 - math.sqrt(k / big)) ** 2
+    return chunk_gamma(big, U32) * k < 0.5 * (1 - math.sqrt(k / big)) ** 2
+
+
+def _certificate_pays(count: int, k: int) -> bool:
+    """Whether the certificates (Lanczos + Choleskys) beat the eigensolver on ``count`` k x k Grams."""
+    return k >= _CERTIFY_MIN_K and count * float(k) ** 3 >= _CERTIFY_MIN_WORK
 
 
 def _likely_deficient(m: int, n: int, rule: Rule) -> bool:
@@ -175,18 +184,14 @@ def _stage(batch: Tensor, todo: list[int], rule: Rule, decided: dict[int, Decide
            precise: bool) -> list[int]:
     """Decide the matrices ``todo`` of ``batch`` from one Gram (float64 if ``precise``); return the rest."""
     _, m, n = batch.shape
-    k, big = min(m, n), max(m, n)
+    k = min(m, n)
     sub = batch[todo]
-    if precise:
-        grams = gram(sub)  # (R, k, k) float64
-        frob2, delta = gram_error(grams, big)
-    else:
-        grams, frob2, delta = gram32(sub)
+    grams, frob2, delta = gram(sub, single=not precise)  # (R, k, k) float64, (R,), (R,)
     _check_finite(frob2, batch.shape)
     if row_grams is not None:
         row_grams[todo] = grams
     left, cert = list(range(len(todo))), None
-    if k >= _CERTIFY_MIN_K:
+    if _certificate_pays(len(todo), k):
         # Where float noise alone likely leaves singular values under the largest tolerance (big square
         # layers), the full-rank test would fail: go straight to the deflation certificate.
         deflate_first = precise and k >= _DEFLATE_MIN_K and _likely_deficient(m, n, rule)
@@ -239,6 +244,8 @@ def _eigen(batch: Tensor, idx: list[int], grams: Tensor, delta: Tensor, rule: Ru
     """The symmetric eigensolver on the Grams; borderline matrices are recomputed as the reference does."""
     k = grams.shape[-1]
     eig = torch.linalg.eigvalsh(grams)  # (R, k) ascending
+    # ||G_hat||_2 <= 2 * (computed lambda_max) for a backward-stable solver with p(k) u < 1/2.
+    delta = delta + eigensolver_error(2 * eig[:, -1].abs(), k)
     band_ranks, borderline = _band_decide(eig, delta, rule, k)
     for j, i in enumerate(idx):
         if bool(borderline[j]):

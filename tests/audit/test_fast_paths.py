@@ -8,12 +8,18 @@ import torch
 
 from regcollide.audit import decide
 from regcollide.audit import rank as rank_engine
-from regcollide.audit.certify import CHUNK32, gram32
+from regcollide.audit.certify import CHUNK, gram
 from regcollide.audit.deflate import _above, _below, deflated_ranks
 from regcollide.audit.rank import ranks_of
 
 EPS32 = torch.finfo(torch.float32).eps
 FACTORS = (0.1, 10.0, 100.0)
+
+
+@pytest.fixture(autouse=True)
+def certificates_at_any_size(monkeypatch):
+    """The engine skips the certificates where an eigensolve is cheaper; test them on small matrices."""
+    monkeypatch.setattr(decide, "_CERTIFY_MIN_WORK", 0)
 
 
 def with_spectrum(sigma: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -26,9 +32,12 @@ def with_spectrum(sigma: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 
 def reference_ranks(matrix: torch.Tensor, factors: tuple[float, ...] = FACTORS) -> list[int]:
     """matrix_rank at 1x and at each factor of the default tolerance, on the float32 matrix itself."""
+    # torch.linalg.matrix_rank(matrix, rtol=f * rtol) is exactly this count on the same svdvals call;
+    # one SVD serves every factor.
     rtol = max(matrix.shape) * EPS32
-    return [int(torch.linalg.matrix_rank(matrix))] + [int(torch.linalg.matrix_rank(matrix, rtol=f * rtol))
-                                                      for f in factors]
+    sigma = torch.linalg.svdvals(matrix)  # float32, descending
+    assert int(torch.linalg.matrix_rank(matrix)) == int((sigma > rtol * sigma[0]).sum())
+    return [int((sigma > f * rtol * sigma[0]).sum()) for f in (1.0, *factors)]
 
 
 def engine_ranks(matrix: torch.Tensor, factors: tuple[float, ...] = FACTORS) -> tuple[list[int], str]:
@@ -37,23 +46,25 @@ def engine_ranks(matrix: torch.Tensor, factors: tuple[float, ...] = FACTORS) -> 
     return [info.rank, *info.ranks_at], info.method
 
 
-def adversarial_rectangles() -> dict[str, torch.Tensor]:
+def adversarial_rectangle(name: str) -> torch.Tensor:
     """Wide and tall float32 matrices whose float32 Gram is as inaccurate as we could make it."""
-    gen = torch.Generator().manual_seed(7)
-    n = 3 * CHUNK32 + 17  # several chunks, the last one short
-    spread = with_spectrum(torch.logspace(0, -6, 150), n, seed=1)  # huge dynamic range
-    repeated = with_spectrum(torch.cat([torch.full((100,), 3.0), torch.full((50,), 1e-3)]), n, seed=2)
+    n = 3 * CHUNK + 17  # several chunks, the last one short
+    if name == "spread":  # huge dynamic range
+        return with_spectrum(torch.logspace(0, -6, 150), n, seed=1).float()
+    if name == "repeated":
+        return with_spectrum(torch.cat([torch.full((100,), 3.0), torch.full((50,), 1e-3)]), n, seed=2).float()
+    if name == "tall":
+        return with_spectrum(torch.linspace(2, 1, 150), n, seed=3).float().T.contiguous()
     # Entries of both signs spanning 12 orders of magnitude in a row: cancellation in every dot product.
+    gen = torch.Generator().manual_seed(7)
     scales = torch.logspace(-6, 6, n, dtype=torch.float64)[torch.randperm(n, generator=gen)]
-    cancelling = torch.randn(150, n, generator=gen, dtype=torch.float64) * scales
-    return {"spread": spread.float(), "repeated": repeated.float(), "cancelling": cancelling.float(),
-            "tall": with_spectrum(torch.linspace(2, 1, 150), n, seed=3).float().T.contiguous()}
+    return (torch.randn(150, n, generator=gen, dtype=torch.float64) * scales).float()
 
 
 @pytest.mark.parametrize("name", ["spread", "repeated", "cancelling", "tall"])
 def test_float32_gram_eigenvalues_lie_within_the_stated_bound_of_float64_svd(name):
-    matrix = adversarial_rectangles()[name]
-    grams, frob2, delta = gram32(matrix[None])
+    matrix = adversarial_rectangle(name)
+    grams, frob2, delta = gram(matrix[None], single=True)
     exact = torch.linalg.svdvals(matrix.double()).flip(0) ** 2  # ascending, from the same float32 values
     got = torch.linalg.eigvalsh(grams[0])
     assert float((got - exact).abs().max()) <= float(delta[0])
@@ -66,14 +77,23 @@ def test_float32_gram_eigenvalues_lie_within_the_stated_bound_of_float64_svd(nam
 
 def test_float32_gram_certifies_well_conditioned_rectangles_and_agrees_with_matrix_rank():
     gen = torch.Generator().manual_seed(4)
-    mats = [torch.randn(300, 2 * CHUNK32 + 100, generator=gen), torch.randn(2 * CHUNK32 + 100, 300, generator=gen)]
+    mats = [torch.randn(300, 2 * CHUNK + 100, generator=gen), torch.randn(2 * CHUNK + 100, 300, generator=gen)]
     assert all(decide._float32_pays(m[None], 300, max(m.shape)) for m in mats)
-    grams, _, delta = gram32(torch.stack([mats[0], mats[1].T]))
+    grams, _, delta = gram(torch.stack([mats[0], mats[1].T]), single=True)
     lam_min = torch.linalg.eigvalsh(grams)[:, 0]
     assert bool((delta < 0.5 * lam_min).all())  # not vacuous: the certificate has room to succeed
     for matrix in mats:
         ranks, method = engine_ranks(matrix)
         assert (ranks, method) == (reference_ranks(matrix), "cholesky")
+
+
+def test_small_batches_skip_the_certificates(monkeypatch):
+    monkeypatch.undo()
+    assert not decide._certificate_pays(1, 600) and not decide._float32_pays(torch.zeros(1, 300, 2000), 300, 2000)
+    assert decide._certificate_pays(1, 768) and decide._certificate_pays(12, 512)
+    matrix = square_with_small_values(torch.tensor([0.5]))
+    ranks, method = engine_ranks(matrix, factors=(10.0,))
+    assert ranks == reference_ranks(matrix, factors=(10.0,)) and method == "gram"
 
 
 def test_square_matrices_skip_the_float32_gram():
@@ -82,7 +102,7 @@ def test_square_matrices_skip_the_float32_gram():
 
 
 def test_an_ill_conditioned_rectangle_falls_back_to_float64_and_still_agrees():
-    n = 2 * CHUNK32
+    n = 2 * CHUNK
     sigma = torch.linspace(1.0, 0.5, 200)
     sigma[-1] = 20 * n * EPS32  # certifiable in float64 at 1x, far below the float32 Gram's error
     matrix = with_spectrum(sigma, n, seed=5).float()
@@ -90,7 +110,7 @@ def test_an_ill_conditioned_rectangle_falls_back_to_float64_and_still_agrees():
     assert ranks == reference_ranks(matrix) and method in ("gram", "svd")
 
 
-def square_with_small_values(small: torch.Tensor, k: int = 600, seed: int = 0) -> torch.Tensor:
+def square_with_small_values(small: torch.Tensor, k: int = 520, seed: int = 0) -> torch.Tensor:
     """A k x k float32 matrix: sigma from 1 down to 0.05, then the given small values (times tol)."""
     tol = k * EPS32  # sigma_max = 1
     sigma = torch.cat([torch.linspace(1.0, 0.05, k - small.numel(), dtype=torch.float64), small.double() * tol])
