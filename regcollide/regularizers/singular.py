@@ -63,7 +63,7 @@ from regcollide.regularizers.base import (
     zero_like,
 )
 from regcollide.regularizers.selection import layer_stacks, select_layers, smaller_gram
-from regcollide.regularizers.tracking import SingularTracker, tracked_eigenvalues
+from regcollide.regularizers.tracking import SingularTracker, tracked_isotropy
 
 
 def isotropy_from_eigenvalues(eigenvalues: Tensor, measure: str, jitter: float = 1e-6) -> Tensor:
@@ -223,8 +223,6 @@ class MinSingularValuePenalty(Regularizer):
         if tracker is None:
             tracker = self._trackers[key] = SingularTracker(self.tolerance, self.iterations, self.refresh_every,
                                                                    self.track_every)
-        lam_low, lam_high, mean = tracked_eigenvalues(matrix, tracker)  # mean eigenvalue σ_rms²
-        self.extremes[key] = (lam_low.detach().double().sqrt(), lam_high.detach().double().sqrt())
-        floor = self.jitter * mean
-        high = lam_high if self.measure == "ratio" else mean
-        return 1 - torch.sqrt((lam_low + floor) / (high + floor))
+        term, sigma_min, sigma_max = tracked_isotropy(matrix, tracker, self.measure == "rms", self.jitter)
+        self.extremes[key] = (sigma_min, sigma_max)
+        return term

@@ -7,20 +7,27 @@ Networks", 2022). A float32 Gram matrix cannot see that range: its eigenvalues c
 about k·eps(float32)·σ_max² ≈ 1e-5·σ_max² for k = 100, so σ_min below ~1e-3·σ_max is noise.
 
 The tracker never forms a Gram matrix between refreshes. It works on the tall view A (n × k, n ≥ k; the
-transpose of a wide matrix) in float64 and keeps the right singular vectors of the two smallest and of
-the largest singular value from the previous step. A *tracking step* is one or more Rayleigh–Ritz
-projections of A onto
+transpose of a wide matrix) in float64 and keeps the right singular vectors of the ``BLOCK`` = 4 smallest
+and of the largest singular value from the previous step.
+
+A *cheap step* tests the cached smallest vector on the new A as it is: if its eigen-residual
+r = AᵀA v − ρ v passes the Kato–Temple test against the gap δ to the second cached value (the eigenvalue
+error bound ‖r‖²/δ must be below ``tolerance``·ρ), σ_min is its Rayleigh quotient and σ_max takes one
+two-dimensional Rayleigh–Ritz step on span{v_high, AᵀA v_high}: six passes over A, and no QR or SVD.
+
+Otherwise a *tracking step* runs one or more Rayleigh–Ritz projections of A onto
 
     span{ V_low,  P·(AᵀA V_low − V_low diag(ρ)),  v_high,  AᵀA v_high }
 
-where P is the pseudo-inverse of AᵀA from the last refresh: a preconditioned inverse-iteration
+where P is the pseudo-inverse of AᵀA from the last refresh: a block preconditioned inverse-iteration
 (PINVIT / LOBPCG-style; Knyazev, "Toward the Optimal Preconditioned Eigensolver", SIAM J. Sci. Comput.
-2001) step for the smallest pair and a power step for the largest, about two passes over A each. The
-smallest Ritz pair is accepted when its eigen-residual r = AᵀA v − ρ v passes the Kato–Temple test
-against the gap δ to the next Ritz value: the eigenvalue error bound ‖r‖²/δ must be below
-``tolerance``·ρ. Otherwise up to ``iterations`` more projections run; if they do not converge, or every
-``refresh_every`` steps, the tracker *refreshes*: an eigendecomposition of the float64 Gram gives a new
-preconditioner and start vectors, which projections on A itself then polish to full float64 accuracy.
+2001) step for the smallest pairs and a power step for the largest. After a projection the smallest Ritz
+pair is accepted when ‖r‖²/δ ≤ ``tolerance``·ρ with δ the gap to the top of the block. The block is four
+wide because the penalty lifts σ_min until it joins σ_2, σ_3, ...: a cluster that a block of two cannot
+resolve (its test then failed every few steps and forced a decomposition), while a block of four holds
+it and measures the gap to the values above it. If up to ``iterations`` projections do not converge, or
+every ``refresh_every`` steps, the tracker *refreshes*: an eigendecomposition of the float64 Gram gives a
+new preconditioner and start vectors, which projections on A itself then polish to full float64 accuracy.
 
 Tracking runs every ``track_every`` steps, and on every step after one that did not converge at once
 (the spectrum is moving). In between, the values are the float64 Rayleigh quotients ‖A v‖² of the
@@ -42,7 +49,7 @@ def skinny(matrix: Tensor, columns: Tensor) -> Tensor:
     return torch.stack([matrix @ column for column in columns.unbind(1)], dim=1)
 
 
-BLOCK = 4
+BLOCK = 4  # smallest vectors tracked: enough to hold the cluster the penalty lifts σ_min into
 TINY_RATIO = 1e-14  # λ_min/λ_max below this (σ ratio 1e-7) the residual test is relative to λ_max·1e-14
 
 
@@ -68,7 +75,7 @@ class SingularTracker:
                  track_every: int = 1):
         self.tolerance, self.iterations, self.refresh_every = tolerance, iterations, refresh_every
         self.track_every = track_every
-        self.low: Tensor | None = None  # (k, p) p = min(2, k) right vectors, smallest first
+        self.low: Tensor | None = None  # (k, p) p = min(BLOCK, k) right vectors, smallest first
         self.high: Tensor | None = None  # (k,)
         self.precond: Tensor | None = None  # (k, k) pseudo-inverse of AᵀA at the last refresh
         self.shape: tuple[int, ...] | None = None  # (n, k) of the matrix the state belongs to
@@ -95,7 +102,9 @@ class SingularTracker:
             self.age += 1
             return self._images(tall, refreshed=False)  # Rayleigh quotients of the cached vectors
         if not stale:
-            result = self._iterate(tall, self.iterations)
+            result = self._cached(tall)
+            if result is None:
+                result = self._iterate(tall, self.iterations)
             if result is not None:
                 self.age += 1
                 return result
@@ -113,13 +122,47 @@ class SingularTracker:
         self.high = vectors[:, -1].clone()
         self.age, self.refreshes, self.shape = 0, self.refreshes + 1, tall.shape
 
+    def _cached(self, tall: Tensor) -> Extremes | None:
+        """The cheap step: one Rayleigh–Ritz projection onto the cached vectors and a Krylov step of σ_max.
+
+        The basis is span{V_low, v_high, AᵀA v_high}, without the preconditioned residual directions. The
+        penalty keeps rotating the smallest vectors inside the cluster it lifts σ_min into, and the
+        projection undoes exactly that rotation on the current A; the Krylov direction moves σ_max. Passes
+        over A: p + 3 for the images and the Krylov direction, one for AᵀA of the smallest Ritz vector; no
+        QR. Returns None when that pair fails the test (or the matrix is too small to gain anything).
+        """
+        p = self.low.shape[1]
+        if tall.shape[1] <= p + 2:
+            return None
+        low_image, high_image = skinny(tall, self.low), tall @ self.high  # (n, p), (n,)
+        power = tall.mT @ high_image  # (k,) AᵀA v_high
+        basis = torch.cat([self.low, self.high.unsqueeze(1)], 1)  # (k, p + 1) orthonormal (a Ritz basis)
+        images = torch.cat([low_image, high_image.unsqueeze(1)], 1)  # (n, p + 1)
+        step = power - basis @ (basis.mT @ power)
+        step = step - basis @ (basis.mT @ step)  # twice is enough (Kahan): orthogonal to working precision
+        length = torch.linalg.vector_norm(step)
+        if bool(length > torch.finfo(step.dtype).eps ** 0.5 * torch.linalg.vector_norm(power)):
+            step = step / length  # else v_high is an eigenvector to working precision: nothing to add
+            basis = torch.cat([basis, step.unsqueeze(1)], 1)  # (k, p + 2)
+            images = torch.cat([images, (tall @ step).unsqueeze(1)], 1)  # (n, p + 2)
+        _, _, right = torch.linalg.svd(images, full_matrices=False)  # (q, q), singular values descending
+        smallest = right[-p:].flip(0).mT  # (q, p) smallest first
+        low, low_image = basis @ smallest, images @ smallest
+        high_image = images @ right[0]  # (n,) the largest Ritz vector's image
+        rho = low_image.square().sum(0)  # (p,) ascending Ritz values
+        residual = tall.mT @ low_image[:, 0] - low[:, 0] * rho[0]  # (k,)
+        if not self._converged(residual, rho, high_image.square().sum(), projected=True):
+            return None
+        self.low, self.high, self.unsettled = low, basis @ right[0], False
+        return Extremes(torch.stack([low[:, 0], self.high], 1), torch.stack([low_image[:, 0], high_image], 1),
+                        refreshed=False)
+
     def _iterate(self, tall: Tensor, iterations: int, refreshed: bool = False) -> Extremes | None:
         """Ritz projections until the smallest pair's residual passes (at most ``iterations`` + 1 checks).
 
-        Every call moves σ_max at least one Krylov step. When the cached vectors already pass on the new A,
-        that step is a two-dimensional Rayleigh–Ritz for the largest pair alone (one pass over A) and the
-        smallest pair is kept; otherwise a full projection runs, which never raises the smallest Ritz value
-        of a subspace holding the old vectors. Returns None when the pair did not converge.
+        Every call projects at least once, so σ_max gets its power step even when σ_min was already
+        converged; a projection never raises the smallest Ritz value of a subspace holding the old vectors.
+        Returns None when the pair did not converge.
         """
         low_image, high_image = skinny(tall, self.low), tall @ self.high  # (n, p), (n,)
         for done in range(iterations + 1):
@@ -130,9 +173,6 @@ class SingularTracker:
             converged = self._converged(residual[:, 0], rho, high_image.square().sum(), projected)
             self.unsettled = done > 1 or refreshed
             if converged and done:
-                break
-            if converged and not refreshed:
-                high_image = self._lift_high(tall, high_image, back[:, -1])
                 break
             if done == iterations:
                 return None
@@ -147,12 +187,11 @@ class SingularTracker:
         and the vector's angle to the true one about ‖r‖/δ; the error must be below ``tolerance``·ρ
         (ρ floored at 1e-14·λ_max), which bounds the angle by √(tolerance·ρ/δ).
 
-        δ is estimated from the block. Right after a projection on the current A the block's Ritz values
-        are sorted and the mixing inside it is resolved, so δ reaches to the top of the block: a cluster of
-        nearly equal smallest values (the state this penalty drives a layer into, by lifting σ_min into
-        σ_2, σ_3, ...) then passes once it is separated from the rest, as it must, because no vector in
-        it is better defined than the cluster. Cached vectors from the previous A must pass with δ to the
-        next value (a reordered block has δ ≤ 0 and fails)."""
+        δ is estimated from the block. Right after a projection (``projected``) the Ritz values are sorted
+        and the mixing inside the block is resolved on the current A, so δ reaches to the top of the block
+        and a cluster of nearly equal smallest values passes once it is separated from the values above
+        it (no vector inside such a cluster is better defined than the cluster). Cached vectors from the
+        previous A must pass with δ to the second value; a reordered pair has δ ≤ 0 and fails."""
         scale = lam_high * TINY_RATIO
         if len(rho) == 1:
             gap = lam_high - rho[0]
@@ -160,23 +199,6 @@ class SingularTracker:
             gap = (rho[-1] if projected else rho[1]) - rho[0]
         error = torch.linalg.vector_norm(residual).square() / gap.clamp_min(scale)
         return bool(error <= self.tolerance * rho[0].maximum(scale))
-
-    def _lift_high(self, tall: Tensor, image: Tensor, power: Tensor) -> Tensor:
-        """Rayleigh–Ritz for the largest pair on span{v, AᵀA v}; updates v and returns its image A v."""
-        vector = self.high  # (k,)
-        step = power - vector * (vector @ power)  # (k,) the Krylov direction, orthogonal to v
-        step = step - vector * (vector @ step)  # twice is enough (Kahan): orthogonal to working precision
-        length = torch.linalg.vector_norm(step)
-        # residual ‖r‖ below √eps·λ: the error of λ, about ‖r‖²/gap, is at working precision (gap ≥ 1e-8·λ)
-        if not bool(length > torch.finfo(step.dtype).eps ** 0.5 * torch.linalg.vector_norm(power)):
-            return image
-        step = step / length
-        step_image = tall @ step  # (n,)
-        cross = image @ step_image
-        gram = torch.stack([torch.stack([image @ image, cross]), torch.stack([cross, step_image @ step_image])])
-        top = torch.linalg.eigh(gram)[1][:, -1]  # (2,) coefficients of the largest Ritz vector
-        self.high = top[0] * vector + top[1] * step
-        return top[0] * image + top[1] * step_image
 
     def _ritz(self, tall: Tensor, residual: Tensor, power: Tensor) -> tuple[Tensor, Tensor]:
         """One Rayleigh–Ritz projection; updates the vectors and returns their images under A."""
@@ -195,35 +217,56 @@ class SingularTracker:
         return Extremes(vectors, skinny(tall, vectors), refreshed)
 
 
-class _Eigenvalues(torch.autograd.Function):
-    """(λ_min, λ_max, mean λ) of a matrix W from tracked singular pairs, with exact gradients.
+class _Isotropy(torch.autograd.Function):
+    """The penalty 1 − √((λ_min + f) / (d + f)) of a matrix W from its tracked singular pairs, one node.
 
-    dλ_i/dW = 2 · left_i ⊗ right_i for the two tracked pairs and d(mean λ)/dW = 2 W / k (mean λ is
-    ‖W‖²_F / k). The values come from the float64 tracker, so the forward direction costs no extra pass
-    over the weights and the backward direction is one fused rank-2 update ``addmm``.
+    d is λ_max (``ratio``) or the mean eigenvalue (``rms``), f = jitter · mean λ, and λ = σ². The gradient
+    is exact: dλ_i/dW = 2 · left_i ⊗ right_i for the two tracked pairs and d(mean λ)/dW = 2 W / k (mean λ
+    is ‖W‖²_F / k), so the backward direction is one fused rank-2 update ``addmm``. The value and the
+    chain-rule coefficients are computed in float64 in the forward direction: one autograd node per layer
+    instead of a dozen scalar ones, which on a small MLP cost as much as the tracking itself.
     """
 
     @staticmethod
-    def forward(ctx, matrix: Tensor, left: Tensor, right: Tensor, lams: Tensor) -> Tensor:
-        ctx.save_for_backward(matrix, left.to(matrix.dtype), right.to(matrix.dtype))  # W, (m, 2), (n, 2)
-        return lams.to(matrix.dtype)  # (3,)
+    def forward(ctx, matrix: Tensor, left: Tensor, right: Tensor, lams: Tensor, use_mean: bool,
+                jitter: float) -> Tensor:
+        low, high, mean = lams.unbind()  # float64 λ_min, λ_max, mean λ
+        floor = jitter * mean
+        denominator = (mean if use_mean else high) + floor
+        quotient = (low + floor) / denominator
+        root = quotient.sqrt()
+        d_floor = (1 - quotient) / denominator  # ∂q/∂f
+        d_denominator = -quotient / denominator  # ∂q/∂d
+        d_high = lams.new_zeros(()) if use_mean else d_denominator
+        d_mean = jitter * d_floor + (d_denominator if use_mean else 0)
+        coefficients = torch.stack([1 / denominator, d_high, d_mean]) * (-0.5 / root)  # ∂T/∂(λ_min, λ_max, mean)
+        ctx.save_for_backward(matrix, left.to(matrix.dtype), right.to(matrix.dtype),  # W, (m, 2), (n, 2)
+                              coefficients.to(matrix.dtype))
+        return (1 - root).to(matrix.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        matrix, left, right = ctx.saved_tensors
+        matrix, left, right, coefficients = ctx.saved_tensors
+        scaled = coefficients * grad  # (3,)
         k = min(matrix.shape)
-        return torch.addmm(matrix, left * (2 * grad[:2]), right.mT, beta=2 * grad[2] / k), None, None, None
+        update = torch.addmm(matrix, left * (2 * scaled[:2]), right.mT, beta=2 * scaled[2] / k)
+        return update, None, None, None, None, None
 
 
-def tracked_eigenvalues(matrix: Tensor, tracker: SingularTracker) -> Tensor:
-    """``(λ_min, λ_max, mean λ)`` (λ = σ²) of a real ``(m, n)`` matrix, differentiable in it, via ``tracker``."""
+def tracked_isotropy(matrix: Tensor, tracker: SingularTracker, use_mean: bool,
+                     jitter: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``ratio`` (or with ``use_mean`` the ``rms``) penalty of a real ``(m, n)`` matrix via ``tracker``.
+
+    Returns the penalty (differentiable in ``matrix``, its dtype) and the tracked float64 σ_min and σ_max.
+    """
     wide = matrix.shape[0] < matrix.shape[1]
     with torch.no_grad():
         tall = matrix.detach().to(torch.float64)
         tall = tall.mT if wide else tall  # (n, k), n ≥ k
         ext = tracker.update(tall)
         mean = torch.linalg.vector_norm(tall).square().view(1) / tall.shape[1]  # ‖A‖²_F / k, no (n, k) temporary
-        lams = torch.cat([ext.images.square().sum(0), mean])  # (3,)
+        lams = torch.cat([ext.images.square().sum(0), mean])  # (3,) λ_min, λ_max, mean λ
     # tall A: dλ/dA = 2 (A v) vᵀ; for a wide W = Aᵀ it is the transpose, 2 v (A v)ᵀ
     left, right = (ext.vectors, ext.images) if wide else (ext.images, ext.vectors)
-    return _Eigenvalues.apply(matrix, left, right, lams)
+    term = _Isotropy.apply(matrix, left, right, lams, use_mean, jitter)
+    return term, lams[0].sqrt(), lams[1].sqrt()
