@@ -6,9 +6,10 @@ forward, loss + Σ weight·term, backward and an SGD update on the same batch. E
 steps alternate, so load changes on a shared machine hit both sides; each side's cost is the median over
 ``--repeats`` blocks of the mean step time. A block spans whole lazy-regularization periods (``singular``
 and ``decorrelation`` evaluate on every 8th training step), so their amortized cost is what is measured.
-Before timing, the regularized model trains ``--warmup`` steps (200 on the small models, the length of the
-default run's first 6 epochs): the singular tracker's cost depends on the state training drives a layer
-into (σ_min lifted into a cluster of nearly equal values), not only on a fresh random matrix.
+Before timing, the regularized model trains ``--warmup`` steps (200 on mlp and lenet5, about the first 6
+epochs of the default run; 24 on the larger models): the singular tracker's cost depends on the state
+training drives a layer into (σ_min lifted into a cluster of nearly equal values), which a fresh random
+matrix does not show (``--warmup 0`` times the fresh state).
 
 Targets: singular ≤ 1.30× ERM, decorrelation ≤ 1.15× ERM. The other entries are reported without one.
 
