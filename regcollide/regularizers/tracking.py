@@ -10,10 +10,12 @@ The tracker never forms a Gram matrix between refreshes. It works on the tall vi
 transpose of a wide matrix) in float64 and keeps the right singular vectors of the ``BLOCK`` = 4 smallest
 and of the largest singular value from the previous step.
 
-A *cheap step* tests the cached smallest vector on the new A as it is: if its eigen-residual
-r = AᵀA v − ρ v passes the Kato–Temple test against the gap δ to the second cached value (the eigenvalue
-error bound ‖r‖²/δ must be below ``tolerance``·ρ), σ_min is its Rayleigh quotient and σ_max takes one
-two-dimensional Rayleigh–Ritz step on span{v_high, AᵀA v_high}: six passes over A, and no QR or SVD.
+A *cheap step* runs first: one Rayleigh–Ritz projection of A onto span{V_low, v_high, AᵀA v_high}, the
+cached vectors and a Krylov direction for σ_max, p + 4 passes over A and no QR. Training rotates the
+smallest vectors inside the cluster the penalty lifts σ_min into (σ_min reaches σ_2, then σ_3, ...), and
+this projection undoes that rotation on the current A. Its smallest Ritz pair is accepted when its
+eigen-residual r = AᵀA v − ρ v passes the Kato–Temple test: the eigenvalue error bound ‖r‖²/δ, with δ
+the gap to the top of the block, must be below ``tolerance``·ρ.
 
 Otherwise a *tracking step* runs one or more Rayleigh–Ritz projections of A onto
 
@@ -21,13 +23,12 @@ Otherwise a *tracking step* runs one or more Rayleigh–Ritz projections of A on
 
 where P is the pseudo-inverse of AᵀA from the last refresh: a block preconditioned inverse-iteration
 (PINVIT / LOBPCG-style; Knyazev, "Toward the Optimal Preconditioned Eigensolver", SIAM J. Sci. Comput.
-2001) step for the smallest pairs and a power step for the largest. After a projection the smallest Ritz
-pair is accepted when ‖r‖²/δ ≤ ``tolerance``·ρ with δ the gap to the top of the block. The block is four
-wide because the penalty lifts σ_min until it joins σ_2, σ_3, ...: a cluster that a block of two cannot
-resolve (its test then failed every few steps and forced a decomposition), while a block of four holds
-it and measures the gap to the values above it. If up to ``iterations`` projections do not converge, or
-every ``refresh_every`` steps, the tracker *refreshes*: an eigendecomposition of the float64 Gram gives a
-new preconditioner and start vectors, which projections on A itself then polish to full float64 accuracy.
+2001) step for the smallest pairs and a power step for the largest, accepted by the same test. The block
+is four wide because a block of two cannot resolve the cluster: its test then failed every few steps and
+forced a decomposition, while a block of four holds the cluster and measures the gap to the values above.
+If up to ``iterations`` projections do not converge, or every ``refresh_every`` steps, the tracker
+*refreshes*: an eigendecomposition of the float64 Gram gives a new preconditioner and start vectors,
+which projections on A itself then polish to full float64 accuracy.
 
 Tracking runs every ``track_every`` steps, and on every step after one that did not converge at once
 (the spectrum is moving). In between, the values are the float64 Rayleigh quotients ‖A v‖² of the
