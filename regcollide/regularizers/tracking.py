@@ -103,7 +103,8 @@ class SingularTracker:
             self.age += 1
             return self._images(tall, refreshed=False)  # Rayleigh quotients of the cached vectors
         if not stale:
-            result = self._cached(tall)
+            # after a step that needed several projections the spectrum is moving: skip the cheap step
+            result = None if self.unsettled else self._cached(tall)
             if result is None:
                 result = self._iterate(tall, self.iterations)
             if result is not None:
