@@ -48,13 +48,12 @@ from regcollide.regularizers.base import (
     upcast,
     zero_like,
 )
-from regcollide.regularizers.selection import layer_stacks, select_layers
+from regcollide.regularizers.selection import layer_blocks, select_layers
 
 
 def layer_rows(layer: WeightLayer, convention: str, use_bias: bool) -> list[Tensor]:
     """The unit hyperplanes of a layer, one ``(m, n)`` matrix per block (bias appended on request)."""
-    stacks = layer_stacks(layer, convention)  # [(G, m, n)]
-    blocks = [block for stack in stacks for block in stack.unbind(0)]
+    blocks = layer_blocks(layer, convention)  # G × (m, n)
     bias = getattr(layer.module, "bias", None)
     if not use_bias or layer.kind.startswith("mha") or layer.kind.startswith("convtranspose") \
             or not isinstance(bias, Tensor):
