@@ -14,7 +14,9 @@ PGD and AutoAttack on 50/10 images, and leaves out the loaded baseline. Each fig
 
 An oversubscribed baseline can take ten minutes under load, so it is stopped once it has taken
 ``--cap`` times as long as the eval's own choice did in the same repeat and load (at least 10 s); a stopped
-run counts as that cap, and its median is reported as a lower bound (">").
+run counts as that cap, and its median is reported as a lower bound (">"). Each run also reports the CPU
+seconds of the eval process: with one thread, about the wall time it would take on an idle machine,
+which a machine shared with other jobs cannot show directly.
 
 Usage: ``.venv/bin/python benchmarks/bench_eval.py [--quick] [--run runs/default] [--repeats 3]``
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -40,8 +43,14 @@ AUTO, BASELINE = 0, 2  # --num-threads: the eval's own choice, and the old 2-thr
 
 @dataclass(frozen=True)
 class Timing:
-    seconds: float
+    seconds: float  # wall clock
+    cpu: float  # user + system CPU seconds of the eval process: about its wall time on an idle machine
     stopped: bool  # hit the cap: the true time is longer
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # reaped children only
+    return usage.ru_utime + usage.ru_stime
 
 
 def train_default_run(folder: Path, quick: bool) -> Path:
@@ -66,17 +75,17 @@ def timed(cmd: list[str], busy: bool, cap: float | None) -> Timing:
     try:
         if job is not None:
             time.sleep(1.0)  # let the competitor reach its steady state
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), children_cpu()  # the competitor is reaped only after this
         child = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             _, err = child.communicate(timeout=cap)
         except subprocess.TimeoutExpired:
             child.kill()  # our own child, by its handle
             child.communicate()
-            return Timing(cap, True)
+            return Timing(cap, children_cpu() - cpu, True)
         if child.returncode:
             raise SystemExit(f"regcollide eval failed ({child.returncode}): {err.strip().splitlines()[-1:]}")
-        return Timing(time.perf_counter() - start, False)
+        return Timing(time.perf_counter() - start, children_cpu() - cpu, False)
     finally:
         if job is not None:
             job.kill()   # our own child, by its handle
@@ -98,8 +107,8 @@ def measure(run: Path, quick: bool, repeats: int, cap_factor: float) -> dict[tup
                 result = timed(eval_command(run, out, threads, quick), busy, cap)
                 times[threads, busy].append(result)
                 print(f"  repeat {r + 1}: threads={'auto' if threads == AUTO else threads} "
-                      f"{'loaded' if busy else 'quiet '} {'>' if result.stopped else ' '}{result.seconds:6.1f} s",
-                      flush=True)
+                      f"{'loaded' if busy else 'quiet '} {'>' if result.stopped else ' '}{result.seconds:6.1f} s "
+                      f"(CPU {result.cpu:5.1f} s, load average {os.getloadavg()[0]:.1f})", flush=True)
     return times
 
 
@@ -121,6 +130,8 @@ def report(times: dict[tuple[int, bool], list[Timing]], quick: bool) -> None:
                 value, bound = median(times[threads, busy])
                 cells.append(f"{'loaded' if busy else 'quiet'} {bound:1s}{value:6.1f} s")
         print(f"  {label:34s} " + "   ".join(cells))
+    auto_cpu = statistics.median(run.cpu for run in times[AUTO, False])
+    print(f"  auto, CPU seconds of the eval process (its wall time on an idle machine): {auto_cpu:.1f} s")
     auto_quiet, auto_loaded = median(times[AUTO, False])[0], median(times[AUTO, True])[0]
     print(f"  auto loaded/quiet: {auto_loaded / auto_quiet:.2f}x (target <= {LOAD_FACTOR:.0f}x)")
     base_quiet, bound = median(times[BASELINE, False])
