@@ -97,7 +97,7 @@ class _PairCharge(torch.autograd.Function):
         size = chosen.shape[0]
         pairs = size * (size - 1) / 2
         floor = math.log1p(math.exp(-kappa * tau))  # softplus(−κτ), the charge at c⁺ = 0
-        total = (F.softplus(shifted).sum() - floor * size * size) / (2 * kappa)  # Σ_{i<j} charge
+        total = F.softplus(shifted).sub_(floor).sum() / (2 * kappa)  # Σ_{i<j} charge; per element: no cancellation
         slope = torch.sigmoid(shifted).mul_(cosines > 0)  # (s, s) dcharge/dc, symmetric, zero diagonal
         ctx.save_for_backward(unit, norms, slope.div_(pairs), rows)
         ctx.shape = matrix.shape
