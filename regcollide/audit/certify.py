@@ -41,6 +41,8 @@ __all__ = ["CHUNK", "U32", "U64", "chunk_gamma", "eigensolver_error", "gram", "i
 U64 = 2.0**-52  # twice the float64 unit roundoff: every bound below is taken generously
 U32 = 2.0**-24  # float32 unit roundoff
 CHUNK = 512  # columns per fresh product in a Gram: an entry sees at most CHUNK + N / CHUNK roundings
+_CHECK_EVERY = 8  # Lanczos steps between convergence checks
+_SYRK_MIN_K = 256  # smaller float64 Grams are faster as batched torch matmuls than one syrk call each
 
 
 def chunk_gamma(big: int, unit: float) -> float:
@@ -62,9 +64,9 @@ def gram(batch: Tensor, single: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     wide = m <= n
     k, big = (m, n) if wide else (n, m)
     dtype = torch.float32 if single else torch.float64
-    if batch.device.type == "cpu":
+    if batch.device.type == "cpu" and (single or k >= _SYRK_MIN_K):
         grams = torch.stack([_gram_syrk(batch[b].detach(), wide, dtype) for b in range(bsz)])
-    else:  # other devices: float64 only (torch's float32 matmuls may use reduced-precision units)
+    else:  # float64 batched matmuls: small Grams, and other devices (whose float32 may use TF32 units)
         grams = torch.zeros(bsz, k, k, dtype=torch.float64, device=batch.device)
         for start in range(0, big, CHUNK):
             part = (batch[:, :, start : start + CHUNK] if wide else batch[:, start : start + CHUNK, :].mT).double()
@@ -115,33 +117,46 @@ def is_positive_definite(matrices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return (info == 0) & (diag.min(dim=1).values > shift), factor, shift
 
 
-def lanczos_top(matvec, size: tuple[int, int], steps: int, dtype: torch.dtype, device) -> Tensor:
+def lanczos_top(matvec, size: tuple[int, int], steps: int, dtype: torch.dtype, device,
+                rtol: float = 1e-12) -> Tensor:
     """Largest Ritz value of a symmetric operator on a batch: (B,) lower bounds of lambda_max.
 
     ``matvec`` maps (B, k) -> (B, k). Full reorthogonalisation (twice) keeps the Krylov basis orthonormal,
-    so ``steps`` of about 40 resolve the top of a dense random spectrum to ~1e-6 relative. Deterministic
-    (fixed start vector seed) so that repeated audits report the same numbers.
+    so ``steps`` of about 40 resolve the top of a dense random spectrum to ~1e-6 relative; every
+    ``_CHECK_EVERY`` steps the run stops early once no top Ritz value moved by more than ``rtol`` relative
+    (the value only grows with more steps). Deterministic (fixed start vector seed) so that repeated
+    audits report the same numbers.
     """
     bsz, k = size
     steps = min(steps, k)
     gen = torch.Generator().manual_seed(0)
     q = torch.randn(bsz, k, generator=gen, dtype=dtype).to(device)
     q = q / q.norm(dim=1, keepdim=True)
-    basis = torch.zeros(bsz, k, steps, dtype=dtype, device=device)  # (B, k, s)
+    basis = torch.zeros(bsz, steps, k, dtype=dtype, device=device)  # (B, s, k): rows are Lanczos vectors
     alpha = torch.zeros(bsz, steps, dtype=dtype, device=device)
     beta = torch.zeros(bsz, steps, dtype=dtype, device=device)
-    used = steps
+    top = None
     for j in range(steps):
-        basis[:, :, j] = q
+        basis[:, j] = q
         w = matvec(q)  # (B, k)
         alpha[:, j] = (w * q).sum(dim=1)
+        done = basis[:, : j + 1]  # (B, j + 1, k), a contiguous slice
         for _ in range(2):  # classical Gram-Schmidt, twice, against the whole basis
-            w = w - (basis[:, :, : j + 1] @ (basis[:, :, : j + 1].mT @ w[:, :, None]))[:, :, 0]
+            w = w - ((done @ w[:, :, None]).mT @ done)[:, 0]
         beta[:, j] = w.norm(dim=1)
-        if j + 1 < steps and bool((beta[:, j] <= 1e-12 * alpha[:, : j + 1].abs().amax(dim=1)).all()):
-            used = j + 1  # an invariant subspace: the Ritz values are exact eigenvalues already
-            break
+        if bool((beta[:, j] <= 1e-12 * alpha[:, : j + 1].abs().amax(dim=1)).all()):
+            return _ritz_top(alpha, beta, j + 1)  # an invariant subspace: the Ritz values are exact
+        if (j + 1) % _CHECK_EVERY == 0:
+            latest = _ritz_top(alpha, beta, j + 1)
+            if top is not None and bool(((latest - top).abs() <= rtol * latest.abs()).all()):
+                return latest
+            top = latest
         q = w / beta[:, j : j + 1].clamp_min(1e-300)
+    return _ritz_top(alpha, beta, steps)
+
+
+def _ritz_top(alpha: Tensor, beta: Tensor, used: int) -> Tensor:
+    """Largest eigenvalue of the leading used x used Lanczos tridiagonal matrices (B,)."""
     tri = torch.diag_embed(alpha[:, :used]) + torch.diag_embed(beta[:, : used - 1], 1)
     tri = tri + torch.diag_embed(beta[:, : used - 1], -1)  # (B, s, s) tridiagonal
     return torch.linalg.eigvalsh(tri)[:, -1]
