@@ -50,6 +50,10 @@ def verdict(p: dict, alpha: float = 0.05) -> str:
         return (f"H1 {'supported' if p['r'] < 0 else 'contradicted (positive association)'}: the test rejects "
                 "and the hierarchical bootstrap interval excludes 0.")
     eq = p.get("equivalence") or {}
+    if p["p"] < alpha and not eq.get("equivalent"):
+        return ("Inconclusive under the pre-registered rule: the partial correlation test rejects (p = "
+                f"{p['p']:.3g}), but the hierarchical bootstrap interval includes 0, so H1 is not supported; "
+                "equivalence to zero is not shown either.")
     if eq.get("equivalent"):
         return f"No effect: the association is shown smaller than |ρ| = {eq['bound']} (TOST p = {eq['p']:.3g})."
     return ("Inconclusive: no significant association under the pre-registered rule, and equivalence to zero "
