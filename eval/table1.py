@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -49,7 +50,9 @@ ARCHITECTURES = {  # name -> (task, display name)
     "tv:retinanet_resnet50_fpn": ("detection", "RetinaNet ResNet50-FPN"),
 }
 COLUMNS = ("Model", "Task", "Weights", "n_θ", "ν", "ν/n_θ", "μ", "μ/n_θ", "Σ nullity", "structural",
-           "excess", "excess expected at random init", "ν at 0.1× / 10× tol", "nullity(W1)", "W1")
+           "excess", "excess expected at random init", "ν at 0.1× / 10× tol", "nullity(W1)", "W1",
+           "paper (where checked)")
+PAPER_LABELS = {"n_weights": "n_θ", "mu": "μ", "total_nullity": "Σ nullity", "first_nullity": "nullity(W1)"}
 # Table 1 numbers quoted from the paper that this table is checked against (tests/audit/test_table1.py).
 PAPER = {  # name -> {column: paper value}
     "tv:inception_v3": {"n_weights": 98, "mu": 95},
@@ -126,6 +129,7 @@ def audit_row(name: str, convention: str, weights: str | None, layer_set: str = 
     # W1 is found by a forward pass that stops at the first weight layer, so even detection models
     # (which resize to min_size 800 internally) stay cheap here.
     shape = (3, size, size)
+    load = os.getloadavg()[0]  # the machine may be shared: every time is quoted with the load it ran under
     start = time.perf_counter()
     result = audit(model, input_shape=shape, convention=convention, name=name, layer_set=layer_set, cosines=False)
     task, display = ARCHITECTURES.get(name, ("", name))
@@ -133,7 +137,8 @@ def audit_row(name: str, convention: str, weights: str | None, layer_set: str = 
     trained = "pretrained" if pretrained else "trained" if weights else "random init"
     return {
         "name": name, "display": display, "task": task, "weights": trained,
-        "seconds": round(time.perf_counter() - start, 1), "first_layer_name": first.name,
+        "seconds": round(time.perf_counter() - start, 1), "load_average": round(load, 1),
+        "first_layer_name": first.name,
         "first_shape": f"{first.out_dim}×{first.in_dim}",
         **{k: v for k, v in result.to_dict().items() if k != "layers"},
     }
@@ -143,6 +148,12 @@ def _sensitivity(row: dict) -> tuple[str, str]:
     by_factor = {entry["factor"]: entry for entry in row["tolerance_sensitivity"]}
     expected = by_factor[1.0]["expected_random_excess"]
     return (f"{expected:.1f}" if expected is not None else "-", f"{by_factor[0.1]['nu']} / {by_factor[10.0]['nu']}")
+
+
+def _paper_cell(name: str) -> str:
+    """The Table 1 values of the paper this row is checked against (tests/audit/test_table1.py)."""
+    values = PAPER.get(name, {})
+    return ", ".join(f"{PAPER_LABELS[key]} {value:,}" for key, value in values.items())
 
 
 def markdown(rows: list[dict], convention: str, layer_set: str) -> str:
@@ -159,17 +170,19 @@ def markdown(rows: list[dict], convention: str, layer_set: str) -> str:
         "random weights of the same shapes, and with ν at 0.1× and 10× the tolerance).",
         "",
         "| " + " | ".join(COLUMNS) + " |",
-        "|" + "|".join(["---"] * 3 + ["---:"] * (len(COLUMNS) - 4) + ["---"]) + "|",
+        "|" + "|".join(["---"] * 3 + ["---:"] * (len(COLUMNS) - 5) + ["---"] * 2) + "|",
     ]
     for r in rows:
         expected, nu_range = _sensitivity(r)
         cells = [r["display"], r["task"], r["weights"], f"{r['n_weights']}", f"{r['nu']}", f"{r['nu_frac']:.2f}",
                  f"{r['mu']}", f"{r['mu_frac']:.2f}", f"{r['total_nullity']:,}", f"{r['structural_nullity']:,}",
                  f"{r['excess_nullity']:,}", expected, nu_range, f"{r['first_nullity']:,}",
-                 f"`{r['first_layer_name']}` ({r['first_shape']})"]
+                 f"`{r['first_layer_name']}` ({r['first_shape']})", _paper_cell(r["name"])]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"torch {torch.__version__}; `--json FILE` also writes every row (with audit time per model) "
-              "as JSON.", "", DIFFERENCES]
+    seconds, loads = sum(r["seconds"] for r in rows), [r["load_average"] for r in rows]
+    lines += ["", f"torch {torch.__version__}; the audits above took {seconds:.0f} s in all (wall clock, at load "
+              f"averages {min(loads):.1f}-{max(loads):.1f} on this machine's cores; `--json FILE` writes every row, "
+              "with its time and load, as JSON).", "", DIFFERENCES]
     return "\n".join(lines)
 
 
