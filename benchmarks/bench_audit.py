@@ -2,12 +2,14 @@
 
 Both run in the same process on the same weights (random init), interleaved (ours, baseline, ours,
 baseline, ...) so that load from other processes hits both alike; each model reports the median of
-``--repeats`` pairs. "ours" is ``audit(..., cosines=False, sensitivity=False)`` from a cold cache: the
-ranks the baseline computes (plus sigma_min/sigma_max and the forward pass that finds W1); "ours+extras"
-adds row cosines and the tolerance sensitivity (once, not part of the ratio). Every layer's rank must
-agree with the baseline: disagreements are printed and make the exit status 1.
+``--repeats`` pairs and every repeat prints the load average it ran under. ``--threads N`` sets torch's
+and scipy's BLAS thread counts (the engine's Grams go through scipy). "ours" is
+``audit(..., cosines=False, sensitivity=False)`` from a cold cache: the ranks the baseline computes (plus
+sigma_min/sigma_max and the forward pass that finds W1); "ours+extras" adds row cosines and the tolerance
+sensitivity (once, not part of the ratio). Every layer's rank must agree with the baseline:
+disagreements are printed and make the exit status 1.
 
-    python benchmarks/bench_audit.py --quick               # tv:resnet18, timm:deit_tiny (< 1 minute)
+    python benchmarks/bench_audit.py --quick               # tv:resnet18, timm:deit_tiny (< 1 minute idle)
     python benchmarks/bench_audit.py                       # VGG-16, ViT-B/16 and the Table 1 set
     python benchmarks/bench_audit.py --models tv:vgg16 --repeats 5 --threads 2
 """
@@ -91,6 +93,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
+    if args.threads and os.environ.get("OMP_NUM_THREADS") != str(args.threads):
+        # scipy's OpenBLAS (the engine's syrk Grams) reads its thread count at import: restart with it set.
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "OPENBLAS_NUM_THREADS": str(args.threads)}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     if args.threads:
         torch.set_num_threads(args.threads)
     models = args.models or list(QUICK_MODELS if args.quick else FULL_MODELS)
