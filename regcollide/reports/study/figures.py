@@ -66,7 +66,8 @@ def primary_scatter(rows: list[dict], x: str, y: str, path: Path) -> Path:
     for k, fam in enumerate(sorted({r["family"] for r in rows})):
         pts = [(r[x], r[y]) for r in rows if r["family"] == fam and r.get(x) is not None and r.get(y) is not None]
         if pts:
-            ax.scatter(*zip(*pts), s=16, label=fam, color=f"C{k % 10}", alpha=0.8)
+            # 10 colours × 2 markers: up to 20 families stay distinguishable
+            ax.scatter(*zip(*pts), s=16, label=fam, color=f"C{k % 10}", marker="os"[k // 10 % 2], alpha=0.8)
     ax.set_xlabel(LABELS.get(x, x))
     ax.set_ylabel(LABELS.get(y, y))
     ax.legend(fontsize=7, ncol=2)
