@@ -1,7 +1,8 @@
 """The weight-spectrum audit (Ozbulak et al., "Exact Feature Collisions in Neural Networks", Table 1).
 
-``matrices`` turns layers into weight matrices, ``rank`` is the certified rank engine (``certify`` its
-float64 Gram, Cholesky certificates and Lanczos estimates, ``cosines`` the row cosines), ``spectrum``
+``matrices`` turns layers into weight matrices, ``rank`` is the certified rank engine (``decide`` its
+staged pipeline, ``certify`` the Grams with rigorous error bounds, Cholesky certificates and Lanczos
+estimates, ``deflate`` the certificate of rank deficiency, ``cosines`` the row cosines), ``spectrum``
 computes ν, μ and nullity, and ``noise`` what random weights of the same shapes would give. The package
 namespace stays light (names resolve on first use) because the
 regularizers and the Null-space search import ``regcollide.audit.matrices`` on their own.

@@ -7,32 +7,37 @@ per-layer ``torch.linalg.matrix_rank(A)``, only much faster.
 
 Numerical argument (why the Gram matrix is safe, and when it is not):
 
-1. ``G = A A^T`` (or ``A^T A``, whichever is k x k) is formed in float64 from the stored values, which
-   converts float32 exactly. Every computed eigenvalue is within
-   ``delta = u64 * (N + 10 k + 10) * ||A||_F^2`` of the exact one (``regcollide.audit.certify.gram_error``).
-2. The decision ``sigma > tol`` equals ``lambda > tol^2``. For float32 weights, tol^2 / sigma_max^2 =
-   (N eps32)^2 ~ 1.4e-14 N^2 while delta / sigma_max^2 <= 2.2e-16 (N + 10k) k, i.e. the threshold sits
-   at least ~30x above the Gram error even in the worst case (and orders of magnitude above in
-   practice).
+1. ``G = A A^T`` (or ``A^T A``, whichever is k x k) is formed from the stored values in chunks of 512
+   columns, each a fresh BLAS product, so every entry passes through at most 512 + N / 512 roundings:
+   ``||G_hat - G||_2 <= delta = gamma * ||A||_F^2`` with gamma = (512 + N/512) u (``certify.gram``).
+   An eigensolver run on G_hat adds its own p(k) u ||G_hat|| (``certify.eigensolver_error``).
+2. The decision ``sigma > tol`` equals ``lambda > tol^2``. For float32 weights in a float64 Gram,
+   tol^2 / sigma_max^2 = (N eps32)^2 ~ 1.4e-14 N^2 sits far above delta / sigma_max^2 <= 1.1e-16
+   (512 + N/512) k. A float32 Gram (delta ~ 6e-8 (512 + N/512) ||A||_F^2) cannot resolve tol^2; it is
+   used only to prove full rank of well-conditioned rectangular matrices.
 3. ``torch.linalg.matrix_rank`` itself computes singular values in the matrix's dtype, with error about
    sqrt(k) * eps(dtype) * sigma_max (eta). We widen every band by eta, so that a value the reference
    could place on either side of tol is never decided by us differently.
-4. **Certificate of full rank** (matrices with k > 128, most layers): Lanczos gives theta <= lambda_max;
-   a certified Cholesky (Rump 2006) of ``1.01 theta I - G`` proves lambda_max < 1.01 theta, hence an
-   upper bound on tol; a second certified Cholesky of ``G - (tol_hi^2 + delta) I`` proves every
-   sigma_i > tol_hi, so rank = k for us and for the reference. Two k^3/3 Choleskys replace a symmetric
-   eigensolve (about 4x the flops, and much slower batched).
-5. Otherwise the eigenvalues of G decide, unless one lies within the band around tol^2; such a
+4. **Certificate of full rank**: Lanczos gives theta <= lambda_max; a certified Cholesky (Rump 2006) of
+   ``1.01 theta I - G`` proves lambda_max < 1.01 theta, hence an upper bound on tol; a second certified
+   Cholesky of ``G - (tol_hi^2 + delta) I`` proves every sigma_i > tol_hi, so rank = k for us and for the
+   reference. Two k^3/3 Choleskys replace a symmetric eigensolve (4/3 k^3 flops, mostly BLAS-2).
+5. **Certificate of rank deficiency** (k >= 512, ``regcollide.audit.deflate``): inverse iteration finds
+   the few eigenvalues below the band; Courant-Fischer proves there are at least q of them and a
+   Cholesky of G lifted along their Ritz vectors proves there are at most q, so rank = k - q exactly.
+6. Otherwise the eigenvalues of G decide, unless one lies within the band around tol^2; such a
    *borderline* matrix is recomputed exactly as the reference does: ``torch.linalg.svdvals`` in the
    matrix's own dtype, same tolerance rule. For float64 matrices with the float64 default tolerance the
    band covers the small singular values, so those always take this path: correctness first.
 
+``regcollide.audit.decide`` runs these stages in order of cost for each batch of equal-shape matrices.
 ``factors`` asks for the ranks at ``f * tol`` too (the tolerance sensitivity of nu), decided by the same
-rules: the certificate at the largest factor covers all of them.
+rules: the full-rank certificate at the largest factor covers all of them, the deflation certificate
+proves each factor's count.
 
-Speed: one k x k float64 Gram (N k^2 flops, BLAS-3) plus Cholesky certificates replace a full SVD of
-the m x n matrix; matrices of equal shape are batched; results are cached by storage pointer, version
-counter, shape, strides, dtype, tolerance and a content fingerprint.
+Speed: one k x k Gram (N k^2 flops, BLAS-3, float32 where that suffices) plus Cholesky certificates
+replace a full SVD of the m x n matrix; matrices of equal shape are batched; results are cached by
+storage pointer, version counter, shape, strides, dtype, tolerance and a content fingerprint.
 """
 
 from __future__ import annotations
