@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 help:
 	@echo "make run    - create .venv, install, train configs/default.yaml on mnist5k, print a summary"
 	@echo "make test   - create .venv, install, run the test suite"
-	@echo "make study  - run the pre-registered collision study from scratch into docs/study/ (about 30 min on 2 cores)"
+	@echo "make study  - run the pre-registered collision study from scratch into docs/study/ (about 50 min on 2 cores)"
 	@echo "make study-quick - the same pipeline at CI size into study-quick/ (a few minutes)"
 	@echo "make bench  - run the speed benchmarks in their quick mode (a few minutes)"
 	@echo "make bench-full - the long benchmarks (VGG-16, ViT-B/16, every registry model)"
@@ -37,7 +37,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 study: $(STAMP)
-	$(BIN)/python eval/study/run.py --fresh --jobs 2 --budget-minutes 44
+	$(BIN)/python eval/study/run.py --fresh --jobs 2 --budget-minutes 60
 
 study-quick: $(STAMP)
 	$(BIN)/python eval/study/run.py --quick --out study-quick --runs runs/study-quick
