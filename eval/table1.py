@@ -181,7 +181,7 @@ def markdown(rows: list[dict], convention: str, layer_set: str) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     seconds, loads = sum(r["seconds"] for r in rows), [r["load_average"] for r in rows]
     lines += ["", f"torch {torch.__version__}; the audits above took {seconds:.0f} s in all (wall clock, at load "
-              f"averages {min(loads):.1f}-{max(loads):.1f} on this machine's cores; `--json FILE` writes every row, "
+              f"averages {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores; `--json FILE` writes every row, "
               "with its time and load, as JSON).", "", DIFFERENCES]
     return "\n".join(lines)
 
