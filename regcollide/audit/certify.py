@@ -101,20 +101,25 @@ def eigensolver_error(grams_norm: Tensor, k: int) -> Tensor:
     return U64 * (10 * k + 10) * grams_norm
 
 
-def is_positive_definite(matrices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Certified: True only where a symmetric (B, k, k) float64 matrix is positive definite (Rump 2006).
+def is_positive_definite(matrices: Tensor, offset: Tensor | None = None, sign: float = 1.0
+                         ) -> tuple[Tensor, Tensor, Tensor]:
+    """Certified: True only where the symmetric (B, k, k) float64 matrix ``M = sign * matrices + offset I``
+    is positive definite (Rump 2006). ``offset`` (B,) defaults to 0; M is formed once, in a single copy.
 
     The shift ``s = (k + 2) * U64 * tr|M|`` covers Rump's bound gamma_{k+1}/(1 - 2 gamma_{k+1}) tr(M)
     plus the rounding of forming ``M - s I``. False means "not certified", not "indefinite". Also returns
     the Cholesky factor L of ``M - s I`` (B, k, k) and s (B,), for solves with the shifted matrix.
     """
     k = matrices.shape[-1]
-    diag = matrices.diagonal(dim1=1, dim2=2)  # (B, k)
+    shifted = matrices * sign if sign != 1.0 else matrices.clone()  # (B, k, k), the one copy
+    diag = shifted.diagonal(dim1=1, dim2=2)  # (B, k), a view
+    if offset is not None:
+        diag.add_(offset[:, None])
     shift = (k + 2) * U64 * diag.abs().sum(dim=1) + 1e-290  # (B,)
-    shifted = matrices.clone()
-    shifted.diagonal(dim1=1, dim2=2).sub_(shift[:, None])
+    smallest = diag.min(dim=1).values
+    diag.sub_(shift[:, None])
     factor, info = torch.linalg.cholesky_ex(shifted)
-    return (info == 0) & (diag.min(dim=1).values > shift), factor, shift
+    return (info == 0) & (smallest > shift), factor, shift
 
 
 def lanczos_top(matvec, size: tuple[int, int], steps: int, dtype: torch.dtype, device,

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from regcollide.audit.certify import U32, chunk_gamma, eigensolver_error, gram, is_positive_definite, lanczos_top
+from regcollide.audit.certify import U32, U64, chunk_gamma, eigensolver_error, gram, is_positive_definite, lanczos_top
 from regcollide.audit.deflate import deflated_ranks
 from regcollide.audit.noise import expected_random_count
 
@@ -79,16 +79,24 @@ def _certify_full_rank(grams: Tensor, delta: Tensor, rule: Rule, lower: bool = T
     bsz, k, _ = grams.shape
     theta = lanczos_top(lambda q: (grams @ q[:, :, None])[:, :, 0], (bsz, k), _LANCZOS_STEPS, grams.dtype,
                         grams.device, rtol=1e-10).clamp_min(0)  # (B,) <= lambda_max(G_hat)
-    upper = _UPPER_MARGIN * theta + delta  # candidate bound on lambda_max(G_hat)
-    upper_ok, _, _ = is_positive_definite(_shift_diagonal(-grams, upper))
-    sig_hi = (upper + delta).sqrt()  # >= sigma_max(A) wherever upper_ok
-    eta = 2.0 * math.sqrt(k) * rule.eps * sig_hi  # the reference's own SVD error
-    tol_hi = rule.tol(sig_hi, max(rule.factors)) + eta
-    floor = tol_hi**2 + delta  # lambda_min(G_hat) > floor => lambda_min(G) > tol_hi^2
-    if not lower:
+    if not lower:  # the deflation certificate needs a tight bound on lambda_max: certify 1.01 theta
+        upper = _UPPER_MARGIN * theta + delta
+        upper_ok, _, _ = is_positive_definite(grams, upper, sign=-1.0)  # upper I - G > 0
         nothing = torch.zeros_like(upper_ok)
         return _Certificate(nothing, torch.full_like(theta, math.nan), theta, upper, upper_ok)
-    lower_ok, factor, shift = is_positive_definite(_shift_diagonal(grams, -floor))
+    # First with a free bound, lambda_max <= min(||G||_inf, tr G): it is loose (up to a few times
+    # lambda_max) but usually leaves sigma_min far above the tolerance it implies. Where it does not, the
+    # tight bound 1.01 theta is certified by a Cholesky of (1.01 theta I - G) and the test repeated.
+    loose = _free_upper_bound(grams) + delta
+    lower_ok, factor, shift, floor = _full_rank_test(grams, loose, delta, rule)
+    upper, upper_ok = loose, torch.ones_like(lower_ok)
+    if not bool(lower_ok.all()):
+        upper = torch.where(lower_ok, loose, _UPPER_MARGIN * theta + delta)
+        retry = (~lower_ok).nonzero()[:, 0]
+        upper_ok[retry], _, _ = is_positive_definite(grams[retry], upper[retry], sign=-1.0)
+        again, factor[retry], shift[retry], floor[retry] = _full_rank_test(grams[retry], upper[retry],
+                                                                           delta[retry], rule)
+        lower_ok[retry] = again
     certified = upper_ok & lower_ok
     sig_min = torch.full_like(theta, math.nan)
     if bool(certified.any()):
@@ -102,11 +110,27 @@ def _certify_full_rank(grams: Tensor, delta: Tensor, rule: Rule, lower: bool = T
     return _Certificate(certified, sig_min, theta, upper, upper_ok)
 
 
-def _shift_diagonal(matrices: Tensor, shift: Tensor) -> Tensor:
-    """matrices + shift_b I for a batch (B, k, k) and shifts (B,), without building an identity."""
-    out = matrices.clone()
-    out.diagonal(dim1=1, dim2=2).add_(shift[:, None])
-    return out
+def _free_upper_bound(grams: Tensor) -> Tensor:
+    """min(||G||_inf, tr G) >= lambda_max(G) for (B, k, k) positive semidefinite G, rounded up (B,)."""
+    k = grams.shape[-1]
+    row_sums = grams.abs().sum(dim=2).amax(dim=1)  # the infinity norm bounds the spectral radius
+    trace = grams.diagonal(dim1=1, dim2=2).sum(dim=1)  # the sum of the (nonnegative) eigenvalues
+    return torch.minimum(row_sums, trace) * (1 + 2 * k * U64)
+
+
+def _full_rank_test(grams: Tensor, upper: Tensor, delta: Tensor, rule: Rule
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Rump's Cholesky of G - floor I with floor above every requested tolerance, given lambda_max <= upper.
+
+    Returns (proven (B,), Cholesky factor, Rump's shift, floor).
+    """
+    k = grams.shape[-1]
+    sig_hi = (upper + delta).sqrt()  # >= sigma_max(A)
+    eta = 2.0 * math.sqrt(k) * rule.eps * sig_hi  # the reference's own SVD error
+    tol_hi = rule.tol(sig_hi, max(rule.factors)) + eta
+    floor = tol_hi**2 + delta  # lambda_min(G_hat) > floor => lambda_min(G) > tol_hi^2
+    ok, factor, shift = is_positive_definite(grams, -floor)
+    return ok, factor, shift, floor
 
 
 def _cholesky_solve(factor: Tensor, rhs: Tensor) -> Tensor:
