@@ -34,6 +34,7 @@ _CERTIFY_MIN_K = 129  # below this a batched eigensolve is as cheap as the certi
 _CERTIFY_MIN_WORK = 4e8
 _DEFLATE_MIN_K = 512  # below this the eigensolver is as cheap as the deflation certificate
 _LANCZOS_STEPS = 40
+_FLOAT32_LANCZOS_MIN_K = 512  # from here on, Lanczos matvecs read a float32 copy of the Gram
 _UPPER_MARGIN = 1.01  # certify lambda_max < 1.01 * (Lanczos estimate): tol is over-estimated by <= 0.5%
 
 
@@ -77,8 +78,8 @@ def _certify_full_rank(grams: Tensor, delta: Tensor, rule: Rule, lower: bool = T
     ``lower=False`` only bounds lambda_max (for the deflation certificate), skipping the full-rank test.
     """
     bsz, k, _ = grams.shape
-    theta = lanczos_top(lambda q: (grams @ q[:, :, None])[:, :, 0], (bsz, k), _LANCZOS_STEPS, grams.dtype,
-                        grams.device, rtol=1e-10).clamp_min(0)  # (B,) <= lambda_max(G_hat)
+    theta = lanczos_top(_gram_matvec(grams), (bsz, k), _LANCZOS_STEPS, grams.dtype, grams.device,
+                        rtol=1e-10).clamp_min(0)  # (B,) ~ lambda_max(G_hat), an estimate
     if not lower:  # the deflation certificate needs a tight bound on lambda_max: certify 1.01 theta
         upper = _UPPER_MARGIN * theta + delta
         upper_ok, _, _ = is_positive_definite(grams, upper, sign=-1.0)  # upper I - G > 0
@@ -108,6 +109,17 @@ def _certify_full_rank(grams: Tensor, delta: Tensor, rule: Rule, lower: bool = T
                           grams.device, rtol=1e-7)
         sig_min[ok] = (floor[ok] + shift[ok] + 1.0 / inv.clamp_min(1e-300)).sqrt()
     return _Certificate(certified, sig_min, theta, upper, upper_ok)
+
+
+def _gram_matvec(grams: Tensor):
+    """q -> G q for Lanczos. Large Grams are read in float32: the matvecs are memory-bound, theta is only
+    an estimate (the bound on lambda_max that the rank relies on is certified on the float64 Gram), and
+    float32 storage moves it by at most about sqrt(k) * 6e-8 relative, below Lanczos' own error there."""
+    # G is exactly symmetric, so G q = (q^T G)^T; the row-vector product is the much faster kernel on CPU.
+    if grams.shape[-1] < _FLOAT32_LANCZOS_MIN_K:
+        return lambda q: (q[:, None, :] @ grams)[:, 0]
+    single = grams.float()  # (B, k, k)
+    return lambda q: (q.float()[:, None, :] @ single)[:, 0].double()
 
 
 def _free_upper_bound(grams: Tensor) -> Tensor:

@@ -181,3 +181,16 @@ def test_deflation_counts_each_band_and_refuses_what_it_cannot_prove():
     many = torch.cat([torch.full((20,), 1e-12, dtype=torch.float64), torch.linspace(1e-3, 1.0, 44).double()])
     gram = spd_with_spectrum(many, seed=5)
     assert deflated_ranks(gram, [(1e-9, 2e-9)], float(torch.trace(gram)) * 1.001, upper) is None
+
+
+def test_reported_sigmas_of_a_large_certified_matrix_match_float64_svd():
+    # k = 520 >= 512: Lanczos reads a float32 copy of the Gram; the estimates stay close to the truth.
+    gen = torch.Generator().manual_seed(6)
+    matrix = torch.randn(520, 1100, generator=gen)
+    rank_engine._CACHE.clear()
+    (info,) = ranks_of([matrix], cosines=False)
+    sigma = torch.linalg.svdvals(matrix.double())
+    assert info.method == "cholesky" and info.rank == int(torch.linalg.matrix_rank(matrix)) == 520
+    assert info.sigma_max == pytest.approx(float(sigma[0]), rel=1e-3)  # Lanczos after <= 40 steps
+    assert info.sigma_max <= float(sigma[0]) * (1 + 1e-6)  # a Ritz value: from below, up to float32 storage
+    assert info.sigma_min == pytest.approx(float(sigma[-1]), rel=1e-3)
