@@ -98,7 +98,7 @@ def _finite(key: str, value: int | float | str) -> float:
 
 
 def _check_params(key: str, value: Any, seen: set[int] | None = None) -> None:
-    """Regularizer params: every number, however deeply nested, must be finite.
+    """Regularizer params: every number, however deeply nested, must be finite, and no integer beyond 10^9.
 
     ``seen`` holds the containers already checked: YAML anchors share one list many times over, and an alias
     bomb would otherwise be walked billions of times.
@@ -116,6 +116,8 @@ def _check_params(key: str, value: Any, seen: set[int] | None = None) -> None:
             _check_params(f"{key}.{i}", item, seen)
     elif isinstance(value, float) and not math.isfinite(value):
         fail(key, f"must be a finite number, got {value!r}")
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        fail(key, f"value {_shown(value)} is implausibly large; must be at most {MAX_INT:,} in size")
 
 
 def _check_meta(key: str, value: Any, meta: typing.Mapping) -> None:

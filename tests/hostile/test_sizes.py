@@ -34,6 +34,16 @@ def test_a_huge_integer_in_a_config_file_is_one_line(world, capsys):
                           "1,000,000,000" in one_error_line(err, "error:")
 
 
+def test_a_huge_integer_in_regularizer_params_is_one_line(world, capsys):
+    # without the bound it reached the regularizer and ended in an OverflowError traceback at the first step
+    params = f"regularizers=[{{name: singular, weight: 1, params: {{lazy_every: {HUGE}}}}}]"
+    code, err = _train(capsys, "--set", params, "--set", f"out_dir={world['runs']}", "--dry-run")
+    line = one_error_line(err, "error:")
+    assert code == 2 and "regularizers.0.params.lazy_every: value 100000000000000000000 is implausibly large" in line
+    nested = "regularizers=[{name: singular, weight: 1, params: {layers: [-100000000000000000000]}}]"
+    assert "implausibly large" in one_error_line(_train(capsys, "--set", nested, "--dry-run")[1], "error:")
+
+
 def test_the_integer_bound_is_the_command_lines_bound():
     assert MAX_INT == 10**9
     assert load_config(None, [f"train.epochs={MAX_INT}"]).train.epochs == MAX_INT  # the bound itself is fine
