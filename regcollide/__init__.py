@@ -45,6 +45,8 @@ _EXPORTS: dict[str, str] = {
     "colliding_adversarial": "regcollide.attacks.nullspace.adversarial:colliding_adversarial",
     "PolytopeSearch": "regcollide.attacks.polytope.search:PolytopeSearch",
     "evaluate_polytope": "regcollide.attacks.polytope.evaluate:evaluate_polytope",
+    "polytope_setting": "regcollide.attacks.polytope.presets:get_setting",
+    "PolytopeSetting": "regcollide.attacks.polytope.presets:PolytopeSetting",
     # regularizers
     "Regularizer": "regcollide.regularizers.base:Regularizer",
     "build_regularizer": "regcollide.regularizers:build_regularizer",
