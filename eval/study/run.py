@@ -15,11 +15,15 @@ Jobs whose entry exists with the same hash are skipped (so an interrupted or re-
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
+from submitit.core.utils import FailedJobError
 
 from regcollide.io import write_json
 from regcollide.reports.study.report import write_report
@@ -27,24 +31,74 @@ from regcollide.study.design import DesignError, expand, load_design
 from regcollide.study.execute import EXECUTORS, run_jobs
 
 ROOT = Path(__file__).resolve().parents[2]
+MAX_JOBS = 256  # pool workers: far above any machine's cores, far below what exhausts process tables
+DATA_KINDS = ("hf", "parquet", "imagefolder")  # the <kind>:<source> data specs besides the embedded mnist5k
+
+
+def int_range(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: an integer in [lo, hi] (argparse turns the ValueError into one usage line)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is not in {lo}..{hi}")
+        return value
+    return parse
+
+
+def positive_minutes(text: str) -> float:
+    """A finite number of minutes > 0 (NaN, inf and negative budgets would never or always stop the study)."""
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number of minutes > 0")
+    return value
+
+
+def folder(text: str) -> Path:
+    """A folder that exists or can be created: its nearest existing ancestor is a writable directory."""
+    path = Path(text)
+    ancestor = next(p for p in (path, *path.parents) if p.exists() or p == Path(p.anchor or "."))
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{ancestor} is not a writable folder; choose another path")
+    return path
+
+
+def data_spec(text: str) -> str:
+    """A dataset spec: mnist5k, or hf:/parquet:/imagefolder: with a source (checked before any job starts)."""
+    kind, _, rest = text.partition(":")
+    if text != "mnist5k" and not (kind in DATA_KINDS and rest):
+        raise argparse.ArgumentTypeError(f"unknown dataset spec {text!r}: use mnist5k, hf:<id>[:<config>], "
+                                         "parquet:<path> or imagefolder:<dir>")
+    return text
+
+
+def slurm_pair(text: str) -> tuple[str, object]:
+    """One submitit parameter KEY=VALUE (VALUE read as YAML: numbers stay numbers)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. slurm_partition=gpu)")
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"the value of {key} is not valid YAML") from None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--design", type=Path, default=ROOT / "configs" / "study" / "design.yaml")
     parser.add_argument("--quick", action="store_true", help="the design's CI-size 'quick' variant")
-    parser.add_argument("--data", default=None, metavar="SPEC",
+    parser.add_argument("--data", type=data_spec, default=None, metavar="SPEC",
                         help="data spec replacing the design's (e.g. parquet:/path/to/cifar10 offline)")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "study", help="entries, figures, report")
-    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "study", help="run folders (not committed)")
+    parser.add_argument("--out", type=folder, default=ROOT / "docs" / "study", help="entries, figures, report")
+    parser.add_argument("--runs", type=folder, default=ROOT / "runs" / "study", help="run folders (not committed)")
     parser.add_argument("--executor", choices=EXECUTORS, default="pool")
-    parser.add_argument("--jobs", type=int, default=2, help="pool workers (one torch thread each)")
+    parser.add_argument("--jobs", type=int_range(1, MAX_JOBS), default=2, help="pool workers (one torch thread each)")
     parser.add_argument("--fresh", action="store_true", help="recompute jobs whose entry already exists")
     parser.add_argument("--report-only", action="store_true", help="only recompute the report from the entries")
-    parser.add_argument("--n-boot", type=int, default=1000, help="hierarchical bootstrap resamples")
-    parser.add_argument("--budget-minutes", type=float, default=None,
+    parser.add_argument("--n-boot", type=int_range(100, 100_000), default=1000,
+                        help="hierarchical bootstrap resamples (100..100000)")
+    parser.add_argument("--budget-minutes", type=positive_minutes, default=None,
                         help="start no job after this many minutes (pool); a rerun finishes the rest")
-    parser.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--slurm", type=slurm_pair, action="append", default=[], metavar="KEY=VALUE",
                         help="submitit parameter for --executor submitit (e.g. slurm_partition=gpu)")
     return parser.parse_args(argv)
 
@@ -52,13 +106,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.jobs < 1:
-            raise DesignError("--jobs must be >= 1")
         design = load_design(args.design, quick=args.quick)
         if args.data is not None:
             design["data"] = args.data
         jobs = expand(design)
-        slurm = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.slurm)}
+        slurm = dict(args.slurm)
         start = time.perf_counter()
         counts = {"skipped": len(jobs), "run": 0, "not_started": 0}
         if not args.report_only:
@@ -69,6 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     except (DesignError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except yaml.YAMLError as err:
+        print(f"error: {args.design} is not valid YAML ({' '.join(str(err).split())[:200]}); fix the design file",
+              file=sys.stderr)
+        return 2
+    except FailedJobError as err:  # a submitit job's own traceback is in its log; its last line says why
+        last = [line for line in str(err).splitlines() if line.strip()][-1].strip()
+        print(f"error: a study job failed: {last} (full log under {args.runs / 'submitit'})", file=sys.stderr)
+        return 1
     if not args.report_only:
         write_json({"wall_seconds": round(wall, 1), "jobs_run": counts["run"], "jobs_skipped": counts["skipped"],
                     "jobs_not_started": counts.get("not_started", 0), "budget_minutes": args.budget_minutes,
