@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-import os
-
 import click
 from click.core import ParameterSource
 
 from regcollide.commands.options import (
+    check_sample_memory,
     data_options,
     ensure_out,
     load_model_and_data,
@@ -20,10 +18,6 @@ from regcollide.commands.types import count, finite
 
 POOL = 1000  # extra test images: the 'other' starts and the dataset distance (>= 1000 pairs) come from them
 SETTINGS = ("default", "li2019")  # regcollide.attacks.polytope.presets.SETTINGS plus our default
-# Peak bytes per input value per sample while a polytope is measured: the float64 convex combinations and
-# sphere points with their float32 copies (measured: 29.6 bytes, from the peak RSS at 2,000 and 100,000
-# samples of the mlp)
-BYTES_PER_SAMPLE_VALUE = 32
 
 
 @click.command("polytope")
@@ -73,7 +67,8 @@ def polytope(model, checkpoint, data, n, seed, layer, vertices, samples, loss, i
                                            beta=beta, lr=lr))
     folder = ensure_out(out)  # before the search: a bad --out must not cost a whole run
     net, targets, target_labels, info = load_model_and_data(model, checkpoint, data, n, seed)
-    _check_sample_memory(search["samples"], info["input_shape"])  # before the search, which can take minutes
+    # before the search, which can take minutes
+    check_sample_memory(search["samples"], info["input_shape"], "--samples")
     pool, pool_labels = load_tensors(info.get("data") or data, "test", n=POOL, seed=seed + 1)
     pool = adapt_images(pool, *info["input_shape"][:2])  # same geometry as the targets
     device = next(net.parameters()).device
@@ -116,17 +111,3 @@ def _search_options(setting: str, chosen: dict) -> dict:
                                f"{'them' if len(clash) > 1 else 'it'}, or use --setting default to choose every "
                                "option yourself")
     return chosen | fixed.kwargs()
-
-
-def _check_sample_memory(samples: int, input_shape: tuple[int, ...]) -> None:
-    """Refuse a --samples whose points cannot fit in this machine's memory (one line, not an allocator error)."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): the allocator will have to say it
-        return
-    per_sample = math.prod(input_shape) * BYTES_PER_SAMPLE_VALUE
-    if samples * per_sample > total:
-        shape = "x".join(str(d) for d in input_shape)
-        raise click.BadParameter(f"{samples} samples of {shape} inputs need about {samples * per_sample / 1e9:.0f} GB, "
-                                 f"more than this machine's {total / 1e9:.0f} GB; use at most {total // per_sample}",
-                                 param_hint="--samples")

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import click
 
-from regcollide.commands.options import DATA_HELP, ensure_out, user_errors
+from regcollide.commands.options import DATA_HELP, check_sample_memory, ensure_out, user_errors
 from regcollide.commands.types import count, finite
 from regcollide.evaluation.evaluate import evaluate_run
-from regcollide.evaluation.settings import NORMS, PARTS, EvalSettings, default
+from regcollide.evaluation.settings import MAX_THREADS, NORMS, PARTS, EvalSettings, default
 from regcollide.io import write_json
+from regcollide.runs import read_run_config
 
 
 def _parts(ctx, param, value: str) -> tuple[str, ...]:
@@ -52,7 +53,7 @@ def _setting(name: str, type_, help_: str):
 @_setting("polytope_steps", count(), "Optimizer step budget per polytope vertex.")
 @_setting("batch_size", count(), "Images per batch (bounds memory; does not change results).")
 @_setting("seed", count(min=0), "Seed for image selection and random starts.")
-@_setting("num_threads", count(min=0), "Torch CPU threads; 0 picks 1 for small models.")
+@_setting("num_threads", count(min=0, max=MAX_THREADS), "Torch CPU threads; 0 picks 1 for small models.")
 @click.option("--force", is_flag=True, help="Recompute every part, ignoring entries already in --out.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors
@@ -65,12 +66,26 @@ def eval_cmd(runs, out, parts, data, force, progress, **values):
     from accelerate import Accelerator  # heavy: imported only when the command runs, not for --help
 
     settings = EvalSettings(parts=parts, data=data, **values)
+    if "polytope" in parts:
+        _check_polytope_memory(runs, settings.polytope_samples)  # before the minutes of the earlier parts
     out_dir = ensure_out(out)  # checked writable before any work
     accelerator = Accelerator()
     failed = [f"{run}: {err}" for run in runs if (err := _evaluate_one(run, out_dir, settings, accelerator,
                                                                          force, progress))]
     if failed:
         raise click.ClickException(f"{len(failed)} of {len(runs)} runs failed: " + "; ".join(failed))
+
+
+def _check_polytope_memory(runs: tuple[str, ...], samples: int) -> None:
+    """Refuse a --polytope-samples that no run's inputs can fit in memory, before any run is evaluated."""
+    for run in runs:
+        try:
+            model = read_run_config(run)["model"]
+        except (ValueError, OSError):  # a broken run folder is reported by its own evaluation, in one line
+            continue
+        chans, size = model.get("in_chans"), model.get("img_size")
+        if isinstance(chans, int) and isinstance(size, int):
+            check_sample_memory(samples, (chans, size, size), "--polytope-samples")
 
 
 def _evaluate_one(run: str, out_dir: Path, settings: EvalSettings, accelerator, force: bool,

@@ -67,6 +67,11 @@ def evaluate_model(model: nn.Module, data: Any, settings: EvalSettings | dict | 
     is_main = accelerator is None or accelerator.is_main_process
     n_images = max((get_part(p).n_images(settings) for p in todo), default=0)
     images, labels = eval_tensors(data, max(n_images, 1), seed=settings.seed)
+    if len(labels) < min(settings.n, n_images):  # a split smaller than asked for: record the n actually used
+        if is_main:
+            print(f"warning: n = {settings.n} is more than the {len(labels)} images of the eval data; "
+                  f"using all {len(labels)}", file=sys.stderr)
+        settings = settings.replace(n=len(labels))
     device = next((p.device for p in model.parameters()), images.device)
     ctx = PartContext(model=model, images=images.to(device), labels=labels.to(device), settings=settings,
                       input_shape=tuple(input_shape or images.shape[1:]), outcomes=outcomes,

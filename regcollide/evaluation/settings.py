@@ -18,6 +18,9 @@ from regcollide.evaluation.registry import part_names
 
 PARTS: tuple[str, ...] = part_names()
 NORMS: tuple[str, ...] = ("linf", "l2")
+# The most torch CPU threads an eval may ask for: far above any CPU's core count, far below the count at which
+# the OpenMP runtime aborts allocating per-thread stacks (one line instead of a libgomp crash)
+MAX_THREADS = 256
 _COUNTS = ("n", "autoattack_n", "nullspace_n", "polytope_vertices", "polytope_samples", "polytope_targets",
            "polytope_steps", "batch_size", "pgd_steps", "pgd_restarts", "pgd_check_n")
 
@@ -71,6 +74,8 @@ class EvalSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"eval setting {name} must be an integer >= 0, got {value!r}")
+        if self.num_threads > MAX_THREADS:
+            raise ValueError(f"eval setting num_threads must be at most {MAX_THREADS}, got {self.num_threads!r}")
         if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not (
                 math.isfinite(self.eps) and self.eps > 0):
             raise ValueError(f"eval setting eps must be a finite number > 0, got {self.eps!r}")

@@ -1,0 +1,100 @@
+"""Hostile inputs of `regcollide eval`, the study runner and the benchmarks: each is refused in one line
+before anything is written (or, for a --n beyond the split, warned about and recorded as the n used)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+
+import pytest
+from conftest import REPO, invoke, one_error_line, tree
+
+from regcollide.evaluation.settings import MAX_THREADS, EvalSettings
+
+
+def _study():
+    spec = importlib.util.spec_from_file_location("hostile_study_run", REPO / "eval" / "study" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _study_error(capsys, argv: list[str]) -> str:
+    """Run the study in-process; it must exit 2 (argparse or a refused design) with one error line."""
+    try:
+        code = _study().main(argv)
+    except SystemExit as stop:  # argparse's parser.error
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    return one_error_line(re.sub(r"^\S+: error:", "error:", err, flags=re.M), "error:")  # argparse: "<prog>: error:"
+
+
+def test_eval_records_the_number_of_images_actually_used(world):
+    out = world["root"] / "out"
+    output = invoke(["eval", str(world["run"]), "--out", str(out), "--parts", "clean", "--n", "1000000000",
+                     "--no-progress"], 0)
+    used = 1000  # mnist5k's test split
+    assert one_error_line(output, "warning:") == (f"warning: n = 1000000000 is more than the {used} images of "
+                                                  f"the eval data; using all {used}")
+    entry = json.loads((out / "run.json").read_text())
+    assert entry["n"] == entry["threat_model"]["n"] == entry["settings"]["n"] == used
+
+
+def test_eval_thread_count_is_bounded_on_the_command_line_and_in_settings(world):
+    before = tree(world["root"])
+    line = invoke(["eval", str(world["run"]), "--out", str(world["root"] / "out"), "--parts", "clean", "--force",
+                   "--num-threads", "1000000000"], 2)
+    assert "--num-threads" in line and f"0<=x<={MAX_THREADS}" in line
+    assert tree(world["root"]) == before
+    with pytest.raises(ValueError, match=f"num_threads must be at most {MAX_THREADS}, got 1000000000"):
+        EvalSettings(num_threads=10**9)
+    assert EvalSettings(num_threads=MAX_THREADS).num_threads == MAX_THREADS
+
+
+def test_eval_polytope_samples_beyond_memory_are_one_line_before_any_work(world, monkeypatch):
+    pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 10**9 // 4096}  # a machine with 1 GB
+    monkeypatch.setattr("os.sysconf", lambda name: pages[name])
+    before = tree(world["root"])
+    line = invoke(["eval", str(world["run"]), "--out", str(world["root"] / "out"), "--parts", "clean,polytope",
+                   "--polytope-samples", "100000", "--polytope-steps", "1", "--no-progress"], 2)
+    assert "--polytope-samples" in line
+    assert "100000 samples of 1x28x28 inputs need about 3 GB, more than this machine's 1 GB; use at most 39859" in line
+    assert tree(world["root"]) == before  # not even --out was created
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--report-only", "--n-boot", "-1"], "--n-boot: -1 is not in 100..100000"),
+    (["--report-only", "--n-boot", "0"], "--n-boot: 0 is not in 100..100000"),
+    (["--report-only", "--n-boot", "1000000000000"], "--n-boot: 1000000000000 is not in 100..100000"),
+    (["--jobs", "100000000000"], "--jobs: 100000000000 is not in 1..256"),
+    (["--budget-minutes", "nan"], "--budget-minutes: nan is not a finite number"),
+    (["--budget-minutes", "inf"], "--budget-minutes: inf is not a finite number"),
+    (["--budget-minutes", "-5"], "--budget-minutes: -5 is not a finite number"),
+    (["--executor", "local", "--data", "nope:x"], "unknown dataset spec 'nope:x'"),
+    (["--executor", "submitit", "--slurm", "garbage"], "'garbage' is not KEY=VALUE"),
+])
+def test_study_bad_options_are_one_line_and_write_nothing(world, capsys, argv, says):
+    out = world["root"] / "study"
+    before = tree(world["root"])
+    assert says in _study_error(capsys, [*argv, "--out", str(out), "--runs", str(world["root"] / "r")])
+    assert tree(world["root"]) == before and not out.exists()
+
+
+@pytest.mark.parametrize("option", ["--out", "--runs"])
+def test_study_folders_under_a_regular_file_are_one_line(world, capsys, option):
+    blocker = world["neighbour"] / "precious.txt"
+    before = tree(world["root"])
+    line = _study_error(capsys, [option, str(blocker / "sub")])
+    assert f"{blocker} is not a writable folder" in line
+    assert tree(world["root"]) == before
+
+
+def test_study_design_with_invalid_yaml_is_one_line(world, capsys):
+    design = world["root"] / "design.yaml"
+    design.write_text("a: [1, 2\n")
+    before = tree(world["root"])
+    line = _study_error(capsys, ["--design", str(design), "--out", str(world["root"] / "study")])
+    assert f"{design} is not valid YAML" in line and "fix the design file" in line
+    assert tree(world["root"]) == before
