@@ -24,8 +24,9 @@ import torchattacks
 
 from regcollide.attacks.pgd.attack import PGD
 from regcollide.attacks.pgd.ease import evaluate_pgd
+from regcollide.commands.argtypes import int_range
 from regcollide.data import load_tensors
-from regcollide.models import create_model
+from regcollide.models import create_model, list_models
 
 TARGET_PASSES, TARGET_TORCHATTACKS = 1.15, 1.0
 
@@ -91,13 +92,12 @@ def eps_star_cost(model, x, y, steps: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="20 steps, 256 images, no ε* search")
-    parser.add_argument("--model", default="mlp")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--n", type=int, default=None, help="images (default 1000; 256 with --quick)")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved runs per side (median; >= 3)")
+    parser.add_argument("--model", default="mlp", choices=list_models())
+    parser.add_argument("--steps", type=int_range(1, 10**5), default=None)
+    parser.add_argument("--n", type=int_range(1, 10**5), default=None, help="images (default 1000; 256 with --quick)")
+    # the median of fewer than 3 is one noisy sample
+    parser.add_argument("--repeats", type=int_range(3, 1000), default=5, help="interleaved runs per side (median)")
     args = parser.parse_args()
-    if args.repeats < 3:
-        parser.error("--repeats must be >= 3 (the median of fewer is one noisy sample)")
     steps = args.steps or (20 if args.quick else 40)
     n = args.n or (256 if args.quick else 1000)
     torch.set_num_threads(1)

@@ -20,8 +20,10 @@ import time
 import torch
 
 from regcollide.attacks.polytope.search import PolytopeSearch
+from regcollide.commands.argtypes import int_range
 from regcollide.data import load_tensors
-from regcollide.models import create_model
+from regcollide.evaluation.settings import MAX_THREADS
+from regcollide.models import create_model, list_models
 
 
 def _time(fn) -> float:
@@ -33,12 +35,12 @@ def _time(fn) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="mlp, 4 targets, 200 steps, 3 repeats")
-    parser.add_argument("--model", default="mlp")
-    parser.add_argument("--targets", type=int, default=8)
-    parser.add_argument("--vertices", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", default="mlp", choices=list_models())
+    parser.add_argument("--targets", type=int_range(1, 1000), default=8)
+    parser.add_argument("--vertices", type=int_range(2, 1000), default=5, help="K >= 2: a polytope, not a point")
+    parser.add_argument("--steps", type=int_range(1, 10**6), default=1000)
+    parser.add_argument("--repeats", type=int_range(1, 1000), default=3)
+    parser.add_argument("--threads", type=int_range(1, MAX_THREADS), default=1)
     args = parser.parse_args(argv)
     if args.quick:
         args.model, args.targets, args.steps, args.repeats = "mlp", 4, 200, 3

@@ -28,6 +28,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from regcollide.commands.argtypes import int_range
 from regcollide.models import create_model, default_geometry, list_models
 from regcollide.regularizers import build_regularizer
 
@@ -138,16 +139,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="mlp, lenet5, cnn-small; singular and "
                                                              "decorrelation only; 3 repeats")
     parser.add_argument("--models", nargs="+", default=None, choices=list_models())
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=None, help="timed blocks per side (median; >= 3)")
-    parser.add_argument("--block", type=int, default=None, help="steps per timed block")
+    parser.add_argument("--batch-size", type=int_range(1, 10**5), default=128)
+    # the median of fewer than 3 is one noisy sample
+    parser.add_argument("--repeats", type=int_range(3, 1000), default=None, help="timed blocks per side (median)")
+    parser.add_argument("--block", type=int_range(1, 10**5), default=None, help="steps per timed block")
     parser.add_argument("--only", nargs="*", default=None, help="run variants whose label contains a word")
-    parser.add_argument("--warmup", type=int, default=None,
+    parser.add_argument("--warmup", type=int_range(0, 10**6), default=None,
                         help="regularized training steps before timing (default 200 on mlp and lenet5, else 24)")
     args = parser.parse_args()
     repeats = args.repeats or (3 if args.quick else 5)
-    if repeats < 3:
-        parser.error("--repeats must be >= 3 (the median of fewer is one noisy sample)")
     torch.set_num_threads(1)
     models = args.models or (QUICK_MODELS if args.quick else list_models())
     print(f"batch {args.batch_size}, 1 thread, CPU ms per step, median of {repeats} interleaved blocks, "

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from regcollide.commands.argtypes import int_range
 from regcollide.study.design import expand, load_design
 from regcollide.study.train import job_config
 from regcollide.training.loop import train
@@ -49,13 +50,15 @@ def _time(job, runs: Path, variant: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--job", default="width-256-s0", help="a job name of configs/study/design.yaml")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int_range(1, 10**4), default=None, help="default 10; 5 with --quick")
+    parser.add_argument("--repeats", type=int_range(1, 1000), default=3)
     parser.add_argument("--quick", action="store_true", help="5 epochs, 3 repeats")
     args = parser.parse_args()
-    epochs = 5 if args.quick else args.epochs
-    torch.set_num_threads(1)
+    epochs = args.epochs or (5 if args.quick else 10)
     jobs = {j.name: j for j in expand(load_design(DESIGN))}
+    if args.job not in jobs:
+        parser.error(f"--job {args.job!r} is not a job of {DESIGN.name}; e.g. {', '.join(list(jobs)[:3])}")
+    torch.set_num_threads(1)
     job = dataclasses.replace(jobs[args.job], train={**jobs[args.job].train, "max_epochs": epochs})
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp:

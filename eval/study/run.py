@@ -15,16 +15,15 @@ Jobs whose entry exists with the same hash are skipped (so an interrupted or re-
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 from submitit.core.utils import FailedJobError
 
+from regcollide.commands.argtypes import int_range, positive_finite
 from regcollide.io import write_json
 from regcollide.reports.study.report import write_report
 from regcollide.study.design import DesignError, expand, load_design
@@ -33,24 +32,6 @@ from regcollide.study.execute import EXECUTORS, run_jobs
 ROOT = Path(__file__).resolve().parents[2]
 MAX_JOBS = 256  # pool workers: far above any machine's cores, far below what exhausts process tables
 DATA_KINDS = ("hf", "parquet", "imagefolder")  # the <kind>:<source> data specs besides the embedded mnist5k
-
-
-def int_range(lo: int, hi: int) -> Callable[[str], int]:
-    """An argparse type: an integer in [lo, hi] (argparse turns the ValueError into one usage line)."""
-    def parse(text: str) -> int:
-        value = int(text)
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{value} is not in {lo}..{hi}")
-        return value
-    return parse
-
-
-def positive_minutes(text: str) -> float:
-    """A finite number of minutes > 0 (NaN, inf and negative budgets would never or always stop the study)."""
-    value = float(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text} is not a finite number of minutes > 0")
-    return value
 
 
 def folder(text: str) -> Path:
@@ -96,7 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--report-only", action="store_true", help="only recompute the report from the entries")
     parser.add_argument("--n-boot", type=int_range(100, 100_000), default=1000,
                         help="hierarchical bootstrap resamples (100..100000)")
-    parser.add_argument("--budget-minutes", type=positive_minutes, default=None,
+    parser.add_argument("--budget-minutes", type=positive_finite, default=None,
                         help="start no job after this many minutes (pool); a rerun finishes the rest")
     parser.add_argument("--slurm", type=slurm_pair, action="append", default=[], metavar="KEY=VALUE",
                         help="submitit parameter for --executor submitit (e.g. slurm_partition=gpu)")

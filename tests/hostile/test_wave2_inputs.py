@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
+import runpy
+import subprocess
+import sys
 
 import pytest
 from conftest import REPO, invoke, one_error_line, tree
@@ -69,7 +73,7 @@ def test_eval_polytope_samples_beyond_memory_are_one_line_before_any_work(world,
     (["--report-only", "--n-boot", "0"], "--n-boot: 0 is not in 100..100000"),
     (["--report-only", "--n-boot", "1000000000000"], "--n-boot: 1000000000000 is not in 100..100000"),
     (["--jobs", "100000000000"], "--jobs: 100000000000 is not in 1..256"),
-    (["--budget-minutes", "nan"], "--budget-minutes: nan is not a finite number"),
+    (["--budget-minutes", "nan"], "--budget-minutes: nan is not a finite number > 0"),
     (["--budget-minutes", "inf"], "--budget-minutes: inf is not a finite number"),
     (["--budget-minutes", "-5"], "--budget-minutes: -5 is not a finite number"),
     (["--executor", "local", "--data", "nope:x"], "unknown dataset spec 'nope:x'"),
@@ -98,3 +102,44 @@ def test_study_design_with_invalid_yaml_is_one_line(world, capsys):
     line = _study_error(capsys, ["--design", str(design), "--out", str(world["root"] / "study")])
     assert f"{design} is not valid YAML" in line and "fix the design file" in line
     assert tree(world["root"]) == before
+
+
+BENCH_CASES = [
+    ("bench_pgd", ["--n", "-5"], "argument --n: -5 is not in 1..100000"),
+    ("bench_pgd", ["--n", "0"], "argument --n: 0 is not in 1..100000"),
+    ("bench_pgd", ["--steps", "0"], "argument --steps: 0 is not in 1..100000"),
+    ("bench_pgd", ["--model", "bogus"], "argument --model: invalid choice: 'bogus'"),
+    ("bench_polytope", ["--vertices", "1"], "argument --vertices: 1 is not in 2..1000"),
+    ("bench_polytope", ["--threads", "-1"], f"argument --threads: -1 is not in 1..{MAX_THREADS}"),
+    ("bench_polytope", ["--targets", "0"], "argument --targets: 0 is not in 1..1000"),
+    ("bench_polytope", ["--steps", "-1"], "argument --steps: -1 is not in 1..1000000"),
+    ("bench_polytope", ["--repeats", "0"], "argument --repeats: 0 is not in 1..1000"),
+    ("bench_study_train", ["--job", "bogus"], "--job 'bogus' is not a job of design.yaml"),
+    ("bench_study_train", ["--epochs", "0"], "argument --epochs: 0 is not in 1..10000"),
+    ("bench_study_train", ["--quick", "--epochs", "0"], "argument --epochs: 0 is not in 1..10000"),
+    ("bench_study_train", ["--repeats", "0"], "argument --repeats: 0 is not in 1..1000"),
+    ("bench_regularizers", ["--batch-size", "0"], "argument --batch-size: 0 is not in 1..100000"),
+    ("bench_regularizers", ["--block", "0"], "argument --block: 0 is not in 1..100000"),
+    ("bench_regularizers", ["--warmup", "-1"], "argument --warmup: -1 is not in 0..1000000"),
+    ("bench_regularizers", ["--repeats", "2"], "argument --repeats: 2 is not in 3..1000"),
+]
+
+
+@pytest.mark.parametrize("bench, argv, says", BENCH_CASES)
+def test_benchmark_bad_options_stop_in_one_line_before_any_work(monkeypatch, capsys, bench, argv, says):
+    # in-process (the imports are paid once); the subprocess test below checks the real exit and stderr
+    script = REPO / "benchmarks" / f"{bench}.py"
+    monkeypatch.setattr(sys, "argv", [str(script), *argv])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(script), run_name="__main__")
+    captured = capsys.readouterr()
+    assert stop.value.code == 2 and captured.out == ""
+    assert says in one_error_line(captured.err, f"{bench}.py: error:")
+
+
+def test_a_benchmark_refuses_a_bad_option_in_a_real_process():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_polytope.py"), "--vertices", "1"],
+                          capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
+    assert done.returncode == 2 and done.stdout == ""
+    assert "argument --vertices: 1 is not in 2..1000" in one_error_line(done.stderr, "bench_polytope.py: error:")
