@@ -75,8 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int_range(1, MAX_JOBS), default=2, help="pool workers (one torch thread each)")
     parser.add_argument("--fresh", action="store_true", help="recompute jobs whose entry already exists")
     parser.add_argument("--report-only", action="store_true", help="only recompute the report from the entries")
-    parser.add_argument("--n-boot", type=int_range(100, 100_000), default=1000,
-                        help="hierarchical bootstrap resamples (100..100000)")
+    parser.add_argument("--n-boot", type=int_range(20, 100_000), default=1000,
+                        help="hierarchical bootstrap resamples (20..100000; the report uses 1000)")
     parser.add_argument("--budget-minutes", type=positive_finite, default=None,
                         help="start no job after this many minutes (pool); a rerun finishes the rest")
     parser.add_argument("--slurm", type=slurm_pair, action="append", default=[], metavar="KEY=VALUE",

@@ -69,9 +69,9 @@ def test_eval_polytope_samples_beyond_memory_are_one_line_before_any_work(world,
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["--report-only", "--n-boot", "-1"], "--n-boot: -1 is not in 100..100000"),
-    (["--report-only", "--n-boot", "0"], "--n-boot: 0 is not in 100..100000"),
-    (["--report-only", "--n-boot", "1000000000000"], "--n-boot: 1000000000000 is not in 100..100000"),
+    (["--report-only", "--n-boot", "-1"], "--n-boot: -1 is not in 20..100000"),
+    (["--report-only", "--n-boot", "0"], "--n-boot: 0 is not in 20..100000"),
+    (["--report-only", "--n-boot", "1000000000000"], "--n-boot: 1000000000000 is not in 20..100000"),
     (["--jobs", "100000000000"], "--jobs: 100000000000 is not in 1..256"),
     (["--budget-minutes", "nan"], "--budget-minutes: nan is not a finite number > 0"),
     (["--budget-minutes", "inf"], "--budget-minutes: inf is not a finite number"),
