@@ -63,6 +63,13 @@ def slurm_pair(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(f"the value of {key} is not valid YAML") from None
 
 
+def _last_trace_line(message: str) -> str:
+    """The exception line of the job's traceback inside submitit's message (trace framed by dashed lines)."""
+    parts = message.split("----------------------\n")
+    trace = parts[1] if len(parts) >= 3 else message
+    return [line.strip() for line in trace.splitlines() if line.strip()][-1]
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--design", type=Path, default=ROOT / "configs" / "study" / "design.yaml")
@@ -107,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     except FailedJobError as err:  # a submitit job's own traceback is in its log; its last line says why
-        last = [line for line in str(err).splitlines() if line.strip()][-1].strip()
-        print(f"error: a study job failed: {last} (full log under {args.runs / 'submitit'})", file=sys.stderr)
+        print(f"error: a study job failed: {_last_trace_line(str(err))} (logs under {args.runs / 'submitit'})",
+              file=sys.stderr)
         return 1
     if not args.report_only:
         write_json({"wall_seconds": round(wall, 1), "jobs_run": counts["run"], "jobs_skipped": counts["skipped"],

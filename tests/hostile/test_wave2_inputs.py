@@ -143,3 +143,14 @@ def test_a_benchmark_refuses_a_bad_option_in_a_real_process():
                           capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
     assert done.returncode == 2 and done.stdout == ""
     assert "argument --vertices: 1 is not in 2..1000" in one_error_line(done.stderr, "bench_polytope.py: error:")
+
+
+@pytest.mark.slow  # ~25 s: submitit's local executor starts a job process that fails at its data
+def test_a_failed_submitit_job_is_one_line_naming_its_error(world, capsys):
+    runs = world["root"] / "r"
+    code = _study().main(["--quick", "--executor", "local", "--data", "parquet:/nonexistent/x",
+                          "--out", str(world["root"] / "study"), "--runs", str(runs)])
+    line = one_error_line(capsys.readouterr().err, "error:")
+    assert code == 1
+    assert line == (f"error: a study job failed: regcollide.training.validate.ConfigError: data.spec: parquet path "
+                    f"'/nonexistent/x' does not exist. (logs under {runs / 'submitit'})")
