@@ -13,6 +13,7 @@ import sys
 
 import pytest
 from conftest import REPO, invoke, one_error_line, tree
+from test_faults import _train
 
 from regcollide.evaluation.settings import MAX_THREADS, EvalSettings
 
@@ -55,6 +56,15 @@ def test_eval_thread_count_is_bounded_on_the_command_line_and_in_settings(world)
     with pytest.raises(ValueError, match=f"num_threads must be at most {MAX_THREADS}, got 1000000000"):
         EvalSettings(num_threads=10**9)
     assert EvalSettings(num_threads=MAX_THREADS).num_threads == MAX_THREADS
+
+
+def test_the_config_thread_count_is_bounded_too(world, capsys):
+    before = tree(world["root"])
+    code, err = _train(capsys, "--set", "eval.num_threads=1000000000", "--set", f"out_dir={world['runs']}",
+                       "--dry-run")
+    assert code == 2
+    assert f"num_threads must be at most {MAX_THREADS}, got 1000000000" in one_error_line(err, "error:")
+    assert tree(world["root"]) == before
 
 
 def test_eval_polytope_samples_beyond_memory_are_one_line_before_any_work(world, monkeypatch):
