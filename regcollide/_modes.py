@@ -15,9 +15,14 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     Attacks and audits must see the deterministic network (no dropout, BatchNorm running statistics), and
     must hand a training loop back the mode it had.
     """
-    was_training = model.training
-    model.eval()
+    # Restore each module's own flag, not one flag for all: a model that keeps some parts in eval mode
+    # while training (frozen BatchNorm, say) gets exactly that state back. A model already in eval mode
+    # costs one pass over its modules instead of two recursive ``train`` calls.
+    training = [module for module in model.modules() if module.training]
+    if training:
+        model.eval()
     try:
         yield model
     finally:
-        model.train(was_training)
+        for module in training:
+            module.training = True

@@ -64,8 +64,7 @@ def _check_input(module: nn.Module, x: Tensor) -> None:
         raise ValueError(f"input of shape {tuple(x.shape)} reaches a layer expecting {expected} input features")
 
 
-def _run_with_hooks(model: nn.Module, example_input, stop_after_first: bool, layer_set: str = "all") -> list[str]:
-    layers = iter_weight_layers(model, layer_set)
+def _run_with_hooks(model: nn.Module, example_input, stop_after_first: bool, layers: list[WeightLayer]) -> list[str]:
     order: list[str] = []
     seen: set[str] = set()
 
@@ -118,25 +117,25 @@ def forward_order(model: nn.Module, example_input) -> list[str]:
     torchvision detection models). Layers that never run are left out. The model's train/eval mode is
     restored afterwards.
     """
-    return _run_with_hooks(model, example_input, stop_after_first=False)
+    return _run_with_hooks(model, example_input, stop_after_first=False, layers=iter_weight_layers(model))
 
 
-def first_weight_layer(model: nn.Module, input_shape: tuple | None = None,
-                       layer_set: str = "all") -> tuple[WeightLayer, str]:
+def first_weight_layer(model: nn.Module, input_shape: tuple | None = None, layer_set: str = "all",
+                       layers: list[WeightLayer] | None = None) -> tuple[WeightLayer, str]:
     """W1: the first weight applied to the input, and how it was found.
 
     With ``input_shape`` (C, H, W) one forward pass with hooks finds it ("forward"); the pass stops at
     the first weight layer, so it is cheap even for detection models. Without a shape we fall back to
     module-registration order ("registration"), which can be wrong (e.g. heads registered before stems).
-    ``layer_set`` is that of ``iter_weight_layers``.
+    ``layer_set`` is that of ``iter_weight_layers``; ``layers``, when given, is its result for this model
+    and layer set (the audit has it already, and listing a large model's layers is not free).
     """
-    layers = iter_weight_layers(model, layer_set)
+    layers = iter_weight_layers(model, layer_set) if layers is None else layers
     if not layers:
         raise ValueError(f"{type(model).__name__} has no Linear, Conv or MultiheadAttention weights to audit.")
     if input_shape is None:
         return layers[0], "registration"
-    order = _run_with_hooks(model, example_inputs(model, tuple(input_shape)), stop_after_first=True,
-                            layer_set=layer_set)
+    order = _run_with_hooks(model, example_inputs(model, tuple(input_shape)), stop_after_first=True, layers=layers)
     if not order:
         raise ValueError(
             f"No weight layer ran during a forward pass with input shape {tuple(input_shape)}; "

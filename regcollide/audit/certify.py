@@ -82,23 +82,30 @@ def _gram_syrk(matrix: Tensor, wide: bool, dtype: torch.dtype) -> Tensor:
     k, big = (matrix.shape[0], matrix.shape[1]) if wide else (matrix.shape[1], matrix.shape[0])
     syrk = ssyrk if dtype == torch.float32 else dsyrk
     values = matrix.to(dtype).numpy()  # a view when the dtype already matches
-    acc = np.zeros((k, k), dtype=values.dtype, order="F")
+    acc = None
     for start in range(0, big, CHUNK):
         # wide: part (k, c) C-order, its .T is (c, k) F-order and trans=1 gives part @ part.T;
         # tall: part (c, k) C-order, its .T is (k, c) F-order and trans=0 gives part.T @ part.
         part = values[:, start : start + CHUNK] if wide else values[start : start + CHUNK, :]
-        acc += syrk(1.0, part.T, trans=1 if wide else 0)  # upper triangle of a fresh (k, k) product
-    return _symmetrize(torch.from_numpy(acc).double())
+        fresh = syrk(1.0, part.T, trans=1 if wide else 0)  # upper triangle of a fresh (k, k) product
+        acc = fresh if acc is None else acc + fresh  # one rounding per chunk, in ``dtype``
+    return torch.from_numpy(_symmetrize(acc)).double()
 
 
-def _symmetrize(upper: Tensor) -> Tensor:
-    """The full symmetric matrix from the upper triangle BLAS syrk wrote (the lower one is not used)."""
-    return upper.triu() + upper.triu(1).mT
+def _symmetrize(upper: np.ndarray) -> np.ndarray:
+    """The full symmetric matrix from the upper triangle BLAS syrk wrote (its lower one is zero), in the
+    Gram's own dtype (float32 halves the memory traffic of this pass)."""
+    # syrk writes only the upper triangle of its fresh zero output, so the strict lower one is exactly 0
+    # and U + U^T is the full matrix with a doubled diagonal (restored below); np.triu would cost 3x this.
+    full = upper + upper.T
+    np.fill_diagonal(full, np.diagonal(upper))
+    return full
 
 
-def eigensolver_error(grams_norm: Tensor, k: int) -> Tensor:
-    """Error bound of a backward-stable symmetric eigensolver on a k x k matrix of 2-norm ``grams_norm``."""
-    return U64 * (10 * k + 10) * grams_norm
+def eigensolver_error(grams_norm: Tensor, k: int, unit: float = U64) -> Tensor:
+    """Error bound of a backward-stable symmetric eigensolver on a k x k matrix of 2-norm ``grams_norm``,
+    run in the precision whose (generously taken) unit roundoff is ``unit``."""
+    return unit * (10 * k + 10) * grams_norm
 
 
 def is_positive_definite(matrices: Tensor, offset: Tensor | None = None, sign: float = 1.0

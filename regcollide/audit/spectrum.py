@@ -232,7 +232,7 @@ def audit(
     if convention not in CONVENTIONS:
         raise ValueError(f"Unknown convention {convention!r}; choose one of {', '.join(CONVENTIONS)}.")
     layers = iter_weight_layers(model, layer_set)
-    first, source = first_weight_layer(model, input_shape, layer_set)  # clear error when there are no layers
+    first, source = first_weight_layer(model, input_shape, layer_set, layers)  # clear error if there are none
     per_layer_blocks: list[list[Tensor]] = []
     with torch.no_grad():
         for layer in layers:

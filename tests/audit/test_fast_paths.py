@@ -89,11 +89,52 @@ def test_float32_gram_certifies_well_conditioned_rectangles_and_agrees_with_matr
 
 def test_small_batches_skip_the_certificates(monkeypatch):
     monkeypatch.undo()
-    assert not decide._certificate_pays(1, 600) and not decide._float32_pays(torch.zeros(1, 300, 2000), 300, 2000)
+    assert not decide._certificate_pays(1, 600) and decide._float32_pays(torch.zeros(1, 300, 2000), 300, 2000)
     assert decide._certificate_pays(1, 768) and decide._certificate_pays(12, 512)
     matrix = square_with_small_values(torch.tensor([0.5]))
     ranks, method = engine_ranks(matrix, factors=(10.0,))
     assert ranks == reference_ranks(matrix, factors=(10.0,)) and method == "gram"
+
+
+def test_small_batches_of_well_conditioned_rectangles_are_decided_by_a_float32_eigensolve(monkeypatch):
+    monkeypatch.undo()  # no certificate: one 300-column Gram is too small to repay it
+    gen = torch.Generator().manual_seed(8)
+    calls = []
+    original = decide._eigen_single
+    monkeypatch.setattr(decide, "_eigen_single", lambda *a: calls.append(1) or original(*a))
+    for matrix in (torch.randn(300, 2 * CHUNK + 100, generator=gen), torch.randn(700, 300, generator=gen)):
+        ranks, method = engine_ranks(matrix)
+        assert (ranks, method) == (reference_ranks(matrix), "gram")
+        rank_engine._CACHE.clear()
+        (info,) = ranks_of([matrix], cosines=False)
+        sigma = torch.linalg.svdvals(matrix.double())
+        # From the float32 Gram: far better than the 1e-3 the reports need, short of float64's 1e-10.
+        assert info.sigma_max == pytest.approx(float(sigma[0]), rel=1e-5)
+        assert info.sigma_min == pytest.approx(float(sigma[-1]), rel=1e-5)
+    assert len(calls) == 4  # the float32 stage decided them, not the float64 fallback
+
+
+@pytest.mark.parametrize("name", ["spread", "repeated", "cancelling", "tall"])
+def test_the_float32_eigensolve_refuses_what_it_cannot_prove(monkeypatch, name):
+    monkeypatch.undo()  # adversarial rectangles in batches too small for the certificates
+    matrix = adversarial_rectangle(name)
+    assert decide._float32_pays(matrix[None], min(matrix.shape), max(matrix.shape))
+    ranks, _ = engine_ranks(matrix)
+    assert ranks == reference_ranks(matrix)
+
+
+@pytest.mark.parametrize("shape", [(16, 9), (64, 27), (27, 64), (40, 120)])
+def test_tiny_matrices_take_the_reference_svd_and_report_float64_sigmas(shape):
+    gen = torch.Generator().manual_seed(9)
+    matrix = torch.randn(*shape, generator=gen)
+    matrix[0] = matrix[1]  # one exact collision: rank k - 1 for matrix_rank too
+    assert shape[0] * shape[1] * min(shape) <= decide._SVD_MAX_WORK
+    ranks, method = engine_ranks(matrix)
+    assert (ranks, method) == (reference_ranks(matrix), "svd")
+    (info,) = ranks_of([matrix], cosines=False)
+    sigma = torch.linalg.svdvals(matrix.double())
+    assert info.sigma_max == pytest.approx(float(sigma[0]), rel=1e-12)
+    assert info.sigma_min == pytest.approx(float(sigma[-1]), abs=1e-12 * float(sigma[0]))
 
 
 def test_square_matrices_skip_the_float32_gram():

@@ -93,6 +93,19 @@ def test_forward_order_differs_from_registration_order():
     assert (layer.name, source) == ("head", "registration")
 
 
+def test_tracing_restores_each_modules_own_mode_and_runs_in_eval_mode():
+    model = HeadFirst().train()
+    model.stem.eval()  # a part kept frozen while the rest trains: it must stay frozen afterwards
+    seen = []
+    model.stem.register_forward_pre_hook(lambda m, a: seen.append(model.training or m.training))
+    layer, _ = first_weight_layer(model, (1, 8, 8))
+    assert layer.name == "stem" and seen == [False]
+    assert model.training and model.head.training and model.attn.training and not model.stem.training
+    model.eval()
+    forward_order(model, torch.rand(1, 1, 8, 8))
+    assert not any(module.training for module in model.modules())
+
+
 def test_forward_order_on_torchvision_detection_and_segmentation():
     from torchvision.models import detection, segmentation
 

@@ -66,11 +66,12 @@ def test_near_threshold_singular_values_agree_with_matrix_rank(factor):
 
 
 def test_clear_cases_are_certified_by_the_gram_and_borderline_ones_use_the_svd():
-    rtol = 90 * torch.finfo(torch.float32).eps
-    sigma = torch.linspace(1.0, 0.3, 30, dtype=torch.float64)
-    assert rank_and_singular_values(_with_singular_values(sigma, 90, 2), rtol=rtol).method == "gram"
+    # 80 x 200: large enough for the Gram path (tiny matrices go straight to the SVD).
+    rtol = 200 * torch.finfo(torch.float32).eps
+    sigma = torch.linspace(1.0, 0.3, 80, dtype=torch.float64)
+    assert rank_and_singular_values(_with_singular_values(sigma, 200, 2), rtol=rtol).method == "gram"
     sigma[-1] = rtol * (1 + 1e-9)
-    info = rank_and_singular_values(_with_singular_values(sigma, 90, 2), rtol=rtol)
+    info = rank_and_singular_values(_with_singular_values(sigma, 200, 2), rtol=rtol)
     assert info.method == "svd"
 
 
