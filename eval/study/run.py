@@ -15,7 +15,6 @@ Jobs whose entry exists with the same hash are skipped (so an interrupted or re-
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from submitit.core.utils import FailedJobError
 
 from regcollide.commands.argtypes import int_range, positive_finite
 from regcollide.io import write_json
+from regcollide.reports.outputs import OutputDirError, check_out_dir
 from regcollide.reports.study.report import write_report
 from regcollide.study.design import DesignError, expand, load_design
 from regcollide.study.execute import EXECUTORS, run_jobs
@@ -35,12 +35,11 @@ DATA_KINDS = ("hf", "parquet", "imagefolder")  # the <kind>:<source> data specs 
 
 
 def folder(text: str) -> Path:
-    """A folder that exists or can be created: its nearest existing ancestor is a writable directory."""
-    path = Path(text)
-    ancestor = next(p for p in (path, *path.parents) if p.exists() or p == Path(p.anchor or "."))
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(f"{ancestor} is not a writable folder; choose another path")
-    return path
+    """A folder that exists or can be created (the reports' own check; argparse names the option)."""
+    try:
+        return check_out_dir(text, option="")
+    except OutputDirError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def data_spec(text: str) -> str:

@@ -10,24 +10,26 @@ class OutputDirError(ValueError):
     """An output folder that cannot be created or written."""
 
 
-def check_out_dir(out: str | os.PathLike) -> Path:
+def check_out_dir(out: str | os.PathLike, option: str = "--out") -> Path:
     """``out`` as a Path if it is (or can be created as) a writable folder; nothing is created here.
 
     Checks the nearest existing ancestor, so ``--out`` under a file or in a read-only folder fails with
-    one line before a report is computed, and nothing already written is touched.
+    one line before a report is computed, and nothing already written is touched. ``option`` names the
+    command-line option in that line ("" when the caller's parser adds it, as argparse does).
     """
     path = Path(out)
+    named = f"{option} {path}" if option else str(path)
     if path.exists() and not path.is_dir():
-        raise OutputDirError(f"--out {path} is a file, not a folder; choose a folder")
+        raise OutputDirError(f"{named} is a file, not a folder; choose a folder")
     probe = path
     while not probe.exists():
         if probe.parent == probe:
             break
         probe = probe.parent
     if not probe.is_dir():
-        raise OutputDirError(f"--out {path} lies under the file {probe}; choose a folder")
+        raise OutputDirError(f"{named} lies under the file {probe}; choose a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise OutputDirError(f"--out {path}: {probe} is not writable; choose a writable folder")
+        raise OutputDirError(f"{named}: {probe} is not writable; choose a writable folder")
     return path
 
 

@@ -101,7 +101,7 @@ def test_study_folders_under_a_regular_file_are_one_line(world, capsys, option):
     blocker = world["neighbour"] / "precious.txt"
     before = tree(world["root"])
     line = _study_error(capsys, [option, str(blocker / "sub")])
-    assert f"{blocker} is not a writable folder" in line
+    assert f"{option}: {blocker / 'sub'} lies under the file {blocker}; choose a folder" in line
     assert tree(world["root"]) == before
 
 
