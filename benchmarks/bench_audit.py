@@ -65,18 +65,23 @@ def bench(name: str, repeats: int) -> dict:
         start = time.perf_counter()
         reference = baseline_ranks(model)
         base.append(time.perf_counter() - start)
-        print(f"  {name} repeat {len(base)}: ours {ours[-1]:.2f} s, matrix_rank {base[-1]:.2f} s, "
+        print(f"  {name} repeat {len(base)}: ours {_s(ours[-1])}, matrix_rank {_s(base[-1])}, "
               f"load average {_load()}", flush=True)
     extras_seconds, _ = _ours(model, shape, extras=True)
     wrong = [layer.name for layer in result.layers if layer.rank != reference[layer.name]]
     methods = {m: sum(layer.method == m for layer in result.layers) for m in METHODS}
     row = {"model": name, "ours": statistics.median(ours), "baseline": statistics.median(base),
            "extras": extras_seconds, "wrong": wrong, "methods": methods, "n": result.n_weights}
-    print(f"{name}: {row['n']} matrices, ours {row['ours']:.2f} s (runs {', '.join(f'{t:.2f}' for t in ours)}), "
-          f"matrix_rank {row['baseline']:.2f} s (runs {', '.join(f'{t:.2f}' for t in base)}), "
-          f"speed-up {row['baseline'] / row['ours']:.1f}x, rank disagreements {len(wrong)} {wrong or ''}, "
-          f"paths {methods}, ours+cosines+sensitivity {extras_seconds:.2f} s", flush=True)
+    print(f"{name}: {row['n']} matrices, ours {_s(row['ours'])} (runs {', '.join(_s(t) for t in ours)}), "
+          f"matrix_rank {_s(row['baseline'])} (runs {', '.join(_s(t) for t in base)}), "
+          f"speed-up {row['baseline'] / row['ours']:.2f}x, rank disagreements {len(wrong)} {wrong or ''}, "
+          f"paths {methods}, ours+cosines+sensitivity {_s(extras_seconds)}", flush=True)
     return row
+
+
+def _s(seconds: float) -> str:
+    """Three significant digits: sub-second audits (SqueezeNet: 30 ms) need milliseconds."""
+    return f"{seconds:.2f} s" if seconds >= 1 else f"{seconds * 1e3:.3g} ms"
 
 
 def _load() -> str:
@@ -104,7 +109,7 @@ def main() -> None:
     rows = [bench(name, args.repeats) for name in models]
     worst = min(rows, key=lambda r: r["baseline"] / r["ours"])
     bad = sum(len(r["wrong"]) for r in rows)
-    print(f"all: lowest speed-up {worst['baseline'] / worst['ours']:.1f}x ({worst['model']}), "
+    print(f"all: lowest speed-up {worst['baseline'] / worst['ours']:.2f}x ({worst['model']}), "
           f"rank disagreements {bad}")
     sys.exit(1 if bad else 0)
 

@@ -52,7 +52,8 @@ def chunk_gamma(big: int, unit: float) -> float:
 
 
 def gram(batch: Tensor, single: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """Gram of the smaller side of a batch (B, m, n): (grams (B, k, k) float64, ||A||_F^2 bound (B,), delta).
+    """Gram of the smaller side of a batch (B, m, n): (grams (B, k, k), ||A||_F^2 bound (B,), delta), the
+    Grams in float64, or in float32 with ``single`` (``.double()`` converts them exactly), the bounds float64.
 
     ``|lambda_i(G_hat) - lambda_i(G)| <= delta`` for every eigenvalue (the products' rounding only; an
     eigensolver run on G_hat adds its own error). ``single`` forms the products in float32 (CPU only).
@@ -65,7 +66,8 @@ def gram(batch: Tensor, single: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     k, big = (m, n) if wide else (n, m)
     dtype = torch.float32 if single else torch.float64
     if batch.device.type == "cpu" and (single or k >= _SYRK_MIN_K):
-        grams = torch.stack([_gram_syrk(batch[b].detach(), wide, dtype) for b in range(bsz)])
+        grams = torch.stack([_gram_syrk(batch[b].detach(), wide, dtype) for b in range(bsz)]) if bsz > 1 \
+            else _gram_syrk(batch[0].detach(), wide, dtype)[None]
     else:  # float64 batched matmuls: small Grams, and other devices (whose float32 may use TF32 units)
         grams = torch.zeros(bsz, k, k, dtype=torch.float64, device=batch.device)
         for start in range(0, big, CHUNK):
@@ -73,12 +75,12 @@ def gram(batch: Tensor, single: bool = False) -> tuple[Tensor, Tensor, Tensor]:
             grams += part @ part.mT  # (B, k, c) @ (B, c, k), a fresh product per chunk
         dtype = torch.float64
     gamma = chunk_gamma(big, U32 if dtype == torch.float32 else U64 / 2)
-    frob2 = grams.diagonal(dim1=1, dim2=2).sum(dim=1) / (1 - gamma) * (1 + 1e-12)  # (B,) >= ||A||_F^2
+    frob2 = grams.diagonal(dim1=1, dim2=2).double().sum(dim=1) / (1 - gamma) * (1 + 1e-12)  # >= ||A||_F^2
     return grams, frob2, gamma * frob2
 
 
 def _gram_syrk(matrix: Tensor, wide: bool, dtype: torch.dtype) -> Tensor:
-    """(k, k) float64 Gram of one CPU matrix from scipy's BLAS syrk (IEEE arithmetic in ``dtype``)."""
+    """(k, k) Gram of one CPU matrix from scipy's BLAS syrk (IEEE arithmetic and result in ``dtype``)."""
     k, big = (matrix.shape[0], matrix.shape[1]) if wide else (matrix.shape[1], matrix.shape[0])
     syrk = ssyrk if dtype == torch.float32 else dsyrk
     values = matrix.to(dtype).numpy()  # a view when the dtype already matches
@@ -89,7 +91,7 @@ def _gram_syrk(matrix: Tensor, wide: bool, dtype: torch.dtype) -> Tensor:
         part = values[:, start : start + CHUNK] if wide else values[start : start + CHUNK, :]
         fresh = syrk(1.0, part.T, trans=1 if wide else 0)  # upper triangle of a fresh (k, k) product
         acc = fresh if acc is None else acc + fresh  # one rounding per chunk, in ``dtype``
-    return torch.from_numpy(_symmetrize(acc)).double()
+    return torch.from_numpy(_symmetrize(acc))
 
 
 def _symmetrize(upper: np.ndarray) -> np.ndarray:

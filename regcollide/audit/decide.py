@@ -22,6 +22,8 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
+import scipy.linalg
 import torch
 from torch import Tensor
 
@@ -31,6 +33,7 @@ from regcollide.audit.noise import expected_random_count
 
 __all__ = ["Decided", "NonFiniteWeightsError", "Rule", "decide_batch"]
 
+_SCIPY_EIGEN_MIN_K = 384  # see _eigvalsh32
 _SVD_MAX_WORK = 2e5  # m n k: below it one reference SVD is cheaper than a Gram stage's fixed cost
 _CERTIFY_MIN_K = 129  # below this a batched eigensolve is as cheap as the certificate
 # The certificate's fixed cost (about 80 Lanczos steps in Python) is repaid once the eigensolves it saves,
@@ -230,11 +233,15 @@ def _stage(batch: Tensor, todo: list[int], rule: Rule, decided: dict[int, Decide
     _, m, n = batch.shape
     k = min(m, n)
     sub = batch if len(todo) == batch.shape[0] else batch[todo]  # indexing would copy the whole batch
-    grams, frob2, delta = gram(sub, single=not precise)  # (R, k, k) float64, (R,), (R,)
+    grams, frob2, delta = gram(sub, single=not precise)  # (R, k, k) float64 (float32 if not precise), (R,), (R,)
     _check_finite(frob2, batch.shape)
     if row_grams is not None:
-        row_grams[todo] = grams
+        row_grams[todo] = grams.double()
     left, cert = list(range(len(todo))), None
+    if not precise and not _certificate_pays(len(todo), k):  # a float32 eigensolve on the float32 Grams
+        left = _eigen_single(grams, delta, rule, todo, decided, left)
+        return [todo[j] for j in left]
+    grams = grams.double()  # exact; a no-op for the float64 stage
     if _certificate_pays(len(todo), k):
         # Where float noise alone likely leaves singular values under the largest tolerance (big square
         # layers), the full-rank test would fail: go straight to the deflation certificate.
@@ -246,8 +253,6 @@ def _stage(batch: Tensor, todo: list[int], rule: Rule, decided: dict[int, Decide
                                 "cholesky")
         left = [j for j in left if not bool(cert.certified[j])]
     if not precise:
-        if cert is None and left:
-            left = _eigen_single(grams[left], delta[left], rule, [todo[j] for j in left], decided, left)
         return [todo[j] for j in left]
     if cert is not None and k >= _DEFLATE_MIN_K:
         left = _deflate(batch, todo, left, (grams, frob2, delta, cert), rule, decided)
@@ -313,7 +318,7 @@ def _eigen_single(grams: Tensor, delta: Tensor, rule: Rule, idx: list[int], deci
                   positions: list[int]) -> list[int]:
     """Full rank from a float32 eigensolve of float32 Grams; returns the ``positions`` it could not prove.
 
-    The Grams hold float32 values (``gram(single=True)``), so the float32 solve sees them exactly; its
+    The Grams are float32 (``gram(single=True)``), so the float32 solve sees them exactly; its
     eigenvalues are off by at most the Gram bound ``delta`` plus the float32 eigensolver's own error.
     A matrix is decided only if every eigenvalue, so widened, lies above the band at every factor: then
     its rank is k for the reference too. Anything else is left to the float64 stage. Its sigma_min and
@@ -321,7 +326,7 @@ def _eigen_single(grams: Tensor, delta: Tensor, rule: Rule, idx: list[int], deci
     matrices, like the reference's own float32 SVD).
     """
     k = grams.shape[-1]
-    eig = torch.linalg.eigvalsh(grams.float()).double()  # (R, k) ascending; 1.3-1.8x faster than float64
+    eig = _eigvalsh32(grams).double()  # (R, k) ascending; 1.3-1.8x faster than float64
     delta = delta + eigensolver_error(2 * eig[:, -1].abs(), k, unit=2 * U32)
     ranks, borderline = _band_decide(eig, delta, rule, k)
     proven = ~borderline & (ranks == k).all(dim=1)
@@ -333,6 +338,15 @@ def _eigen_single(grams: Tensor, delta: Tensor, rule: Rule, idx: list[int], deci
         s_min, s_max = math.sqrt(max(float(eig[j, 0]), 0.0)), math.sqrt(float(eig[j, -1]))
         decided[i] = ((k,) * len(rule.factors), s_min, s_max, rule.tol(s_max), "gram")
     return rest
+
+
+def _eigvalsh32(grams: Tensor) -> Tensor:
+    """Eigenvalues (R, k) of float32 symmetric matrices: from k = 384 on, scipy's LAPACK ``ssyev`` is
+    15-20% faster than torch's on one CPU thread (both backward stable, so the same error bound holds)."""
+    if grams.device.type != "cpu" or grams.shape[-1] < _SCIPY_EIGEN_MIN_K:
+        return torch.linalg.eigvalsh(grams)
+    return torch.from_numpy(np.stack([scipy.linalg.eigh(g, eigvals_only=True, driver="ev", check_finite=False)
+                                      for g in grams.numpy()]))
 
 
 class NonFiniteWeightsError(ValueError):

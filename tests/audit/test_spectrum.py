@@ -112,6 +112,19 @@ def test_batching_and_cache_give_the_same_ranks_and_see_in_place_updates():
     assert audit(layer).layers[0].rank == 5
 
 
+def test_the_cache_key_sees_a_change_the_version_counter_misses():
+    # Writes through .data do not bump the version counter, like a freed buffer reused at the same
+    # address: only the content fingerprint can tell. Entry (0, 1) is off the fingerprint's sample.
+    from regcollide.audit.rank import _cache_key
+
+    matrix = torch.randn(100, 300, generator=torch.Generator().manual_seed(3))
+    before = _cache_key(matrix, None, None, False, ())
+    matrix.data[0, 1] += 1e-3
+    assert _cache_key(matrix, None, None, False, ()) != before
+    matrix.data[0, 1] -= 1e-3
+    assert _cache_key(matrix, None, None, False, ()) == before  # and it is deterministic
+
+
 def test_linear_8_to_4_has_nullity_4_all_structural():
     result = audit(nn.Linear(8, 4), input_shape=(8,))
     layer = result.layers[0]
