@@ -4,7 +4,8 @@ Each stage is cheaper than the next and only passes on what it could not prove (
 ``regcollide.audit.rank`` for the numerical argument):
 
 0. tiny matrices (m n k below ``_SVD_MAX_WORK``) go straight to the reference computation,
-   ``torch.linalg.svdvals``: there one SVD costs less than the fixed overhead of any Gram stage;
+   ``torch.linalg.svdvals`` in the weight's dtype: there one SVD costs less than the fixed overhead of
+   any Gram stage. Their sigma_min and sigma_max are that SVD's, as for borderline matrices;
 1. a float32 Gram (``certify.gram``), for rectangular float32 matrices whose Marchenko-Pastur smallest
    eigenvalue clears the float32 error bound, and on it either the full-rank certificate (large batches)
    or a float32 symmetric eigensolve whose eigenvalues, widened by both error bounds, all clear the band;
@@ -214,7 +215,7 @@ def decide_batch(batch: Tensor, rule: Rule, keep_row_grams: bool = False) -> tup
     k, big = min(m, n), max(m, n)
     if m * n * k <= _SVD_MAX_WORK:  # the reference itself; row cosines then use their own product
         _check_finite(batch, batch.shape)
-        return [_tiny_decided(batch[i], rule) for i in range(bsz)], None
+        return [_svd_decided(batch[i], rule) for i in range(bsz)], None
     decided: dict[int, Decided] = {}
     row_grams = None
     if keep_row_grams and m <= n:
@@ -288,14 +289,6 @@ def _deflate(batch: Tensor, todo: list[int], left: list[int], state: tuple, rule
 def _svd_decided(matrix: Tensor, rule: Rule) -> Decided:
     _, ranks, s_min, s_max, tol = _svd_ranks(matrix, rule)
     return ranks, s_min, s_max, tol, "svd"
-
-
-def _tiny_decided(matrix: Tensor, rule: Rule) -> Decided:
-    """Ranks from the reference's own SVD; sigma_min and sigma_max from a float64 SVD of the same values,
-    so that they carry the float64 Gram's accuracy like every other path (a tiny SVD costs microseconds)."""
-    ranks, *_ = _svd_decided(matrix, rule)
-    sigma = torch.linalg.svdvals(matrix.double())  # descending
-    return ranks, float(sigma[-1]), float(sigma[0]), rule.tol(float(sigma[0])), "svd"
 
 
 def _eigen(batch: Tensor, idx: list[int], grams: Tensor, delta: Tensor, rule: Rule,
