@@ -35,7 +35,10 @@ from regcollide.audit.noise import expected_random_count
 __all__ = ["Decided", "NonFiniteWeightsError", "Rule", "decide_batch"]
 
 _SCIPY_EIGEN_MIN_K = 384  # see _eigvalsh32
-_SVD_MAX_WORK = 2e5  # m n k: below it one reference SVD is cheaper than a Gram stage's fixed cost
+# m n k below which one reference SVD is cheaper than a Gram stage's fixed cost (about 0.1 ms). LAPACK
+# starts a tall matrix's SVD with a QR, several times cheaper than the wide one's bidiagonalization.
+_SVD_MAX_WORK = 2e5
+_SVD_MAX_WORK_TALL = 1.5e6
 _CERTIFY_MIN_K = 129  # below this a batched eigensolve is as cheap as the certificate
 # The certificate's fixed cost (about 80 Lanczos steps in Python) is repaid once the eigensolves it saves,
 # about B k^3 flops at BLAS-2 speed, exceed it: B k^3 >= 4e8 (one 768 x 768 Gram, three of 512, ...).
@@ -213,7 +216,8 @@ def decide_batch(batch: Tensor, rule: Rule, keep_row_grams: bool = False) -> tup
     """
     bsz, m, n = batch.shape
     k, big = min(m, n), max(m, n)
-    if m * n * k <= _SVD_MAX_WORK:  # the reference itself; row cosines then use their own product
+    if m * n * k <= (_SVD_MAX_WORK_TALL if m > n else _SVD_MAX_WORK):  # the reference itself (row cosines
+        # then use their own product)
         _check_finite(batch, batch.shape)
         return [_svd_decided(batch[i], rule) for i in range(bsz)], None
     decided: dict[int, Decided] = {}
