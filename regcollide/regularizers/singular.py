@@ -53,7 +53,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from regcollide.audit.matrices import WeightLayer
+from regcollide.audit.matrices import WeightLayer, layer_matrix
 from regcollide.regularizers.base import (
     Regularizer,
     check_positive,
@@ -62,8 +62,8 @@ from regcollide.regularizers.base import (
     upcast,
     zero_like,
 )
-from regcollide.regularizers.selection import layer_stacks, select_layers, smaller_gram
-from regcollide.regularizers.tracking import SingularTracker, tracked_isotropy
+from regcollide.regularizers.selection import select_layers, smaller_gram
+from regcollide.regularizers.tracking import SingularTracker, tracked_isotropy_sum
 
 
 def isotropy_from_eigenvalues(eigenvalues: Tensor, measure: str, jitter: float = 1e-6) -> Tensor:
@@ -190,39 +190,57 @@ class MinSingularValuePenalty(Regularizer):
         self._input_sizes[id(module)] = tuple(inputs[0].shape[-2:])
 
     def stacks(self, layer: WeightLayer) -> list[Tensor]:
-        """The matrices this penalty sees for ``layer``: reshaped kernels or per-frequency operators."""
+        """The matrices this penalty sees for ``layer``: a reshaped kernel ``(m, n)`` (a view of the weight),
+        a stack of group blocks ``(G, m, n)``, or the per-frequency operators of an FFT conv."""
         if self.conv_operator == "fft" and fft_eligible(layer.module):
             size = self._input_sizes.get(id(layer.module))
             if size is None:
                 raise ValueError(f"conv_operator='fft' needs the input size of {layer.name!r}: call "
                                  "reg.setup(model) before training and run a forward pass first")
             return [conv_operator_stack(layer.module, size)]
-        return layer_stacks(layer, self.convention)
+        blocks = layer_matrix(layer, self.convention)  # a matrix, or a list of group blocks
+        if isinstance(blocks, Tensor) or len(blocks) == 1:
+            return [blocks if isinstance(blocks, Tensor) else blocks[0]]  # (m, n), a view of the weight
+        return [torch.stack(blocks)]  # (G, m, n): the blocks of one layer share a shape
 
     def __call__(self, model: nn.Module, batch: dict[str, Tensor], outputs: Tensor) -> Tensor:
         return lazy_term(self, self.lazy_every, lambda: self._penalty(model, outputs))
 
     def _penalty(self, model: nn.Module, outputs: Tensor) -> Tensor:
+        """Mean over the selected matrices; the single real ones go through their trackers in one node."""
         with full_precision(outputs):
-            terms = [self._term(stack, (layer.name, position))
-                     for layer in select_layers(model, self.layers)
-                     for position, stack in enumerate(self.stacks(layer))]
-        return torch.stack(terms).mean() if terms else zero_like(outputs)
+            stacks = [((layer.name, position), upcast(stack)) for layer in select_layers(model, self.layers)
+                      for position, stack in enumerate(self.stacks(layer))]
+            tracked = [(key, stack) for key, stack in stacks if self._trackable(stack)]
+            terms = [self._term(stack, key) for key, stack in stacks if not self._trackable(stack)]
+            if tracked:
+                terms.append(self._tracked_sum(tracked))
+        if not stacks:
+            return zero_like(outputs)
+        return (terms[0] if len(terms) == 1 else torch.stack(terms).sum()) / len(stacks)
+
+    def _trackable(self, stack: Tensor) -> bool:
+        return self.measure != "logdet" and stack.dim() == 2
+
+    def _tracked_sum(self, items: list[tuple[tuple[str, int], Tensor]]) -> Tensor:
+        """Σ of the tracked penalties of single real matrices ``(m, n)``; records their (σ_min, σ_max)."""
+        trackers = []
+        for key, _ in items:
+            if key not in self._trackers:
+                self._trackers[key] = SingularTracker(self.tolerance, self.iterations, self.refresh_every,
+                                                      self.track_every)
+            trackers.append(self._trackers[key])
+        total, sigmas = tracked_isotropy_sum([matrix for _, matrix in items], trackers, self.measure == "rms",
+                                             self.jitter)
+        self.extremes.update(zip([key for key, _ in items], sigmas))
+        return total
 
     def _term(self, stack: Tensor, key: tuple[str, int]) -> Tensor:
-        """The penalty of one stack ``(B, m, n)``."""
-        stack = upcast(stack)
+        """The penalty of a stack ``(B, m, n)`` (the union of its singular values), or ``logdet`` of one
+        matrix ``(m, n)``."""
+        stack = stack if stack.dim() == 3 else stack.unsqueeze(0)
         if self.measure == "logdet":
             return logdet_isotropy(stack, self.jitter)
-        if stack.shape[0] > 1 or stack.is_complex():
-            sigma = torch.linalg.svdvals(stack.to(torch.complex128 if stack.is_complex() else torch.float64))
-            self.extremes[key] = (sigma.min().detach(), sigma.max().detach())  # sigma (B, k)
-            return isotropy_from_eigenvalues(sigma.square(), self.measure, self.jitter).to(stack.real.dtype)
-        matrix = stack.squeeze(0)  # (m, n), a view: gradients reach the weight
-        tracker = self._trackers.get(key)
-        if tracker is None:
-            tracker = self._trackers[key] = SingularTracker(self.tolerance, self.iterations, self.refresh_every,
-                                                                   self.track_every)
-        term, sigma_min, sigma_max = tracked_isotropy(matrix, tracker, self.measure == "rms", self.jitter)
-        self.extremes[key] = (sigma_min, sigma_max)
-        return term
+        sigma = torch.linalg.svdvals(stack.to(torch.complex128 if stack.is_complex() else torch.float64))
+        self.extremes[key] = (sigma.min().detach(), sigma.max().detach())  # sigma (B, k)
+        return isotropy_from_eigenvalues(sigma.square(), self.measure, self.jitter).to(stack.real.dtype)

@@ -33,8 +33,8 @@ the gap to the values above. If up to ``iterations`` of these projections do not
 ``refresh_every`` steps, the tracker *refreshes*: an eigendecomposition of the float64 Gram gives a new
 preconditioner and start vectors, which projections on A itself then polish to full float64 accuracy.
 
-A matrix with k ≤ 2·BLOCK + 2 columns is not tracked: a projection basis would span all of it, so a
-float64 SVD of A itself is cheaper and exact.
+A matrix with k ≤ 2·BLOCK + 2 columns is not tracked: a projection basis would span all of it, so the
+eigenvectors of its k × k float64 Gram, with σ read afresh as ‖A v‖, are cheaper and as accurate.
 
 Tracking runs every ``track_every`` steps, and on every step after one that did not converge at once
 (the spectrum is moving). In between, the values are the float64 Rayleigh quotients ‖A v‖² of the
@@ -148,9 +148,13 @@ class SingularTracker:
         return result
 
     def _exact(self, tall: Tensor) -> Extremes:
-        """A few columns: the float64 SVD of A itself (backward stable: σ to eps·σ_max), every step."""
-        right = torch.linalg.svd(tall, full_matrices=False)[2]  # (k, k) right vectors as rows, σ descending
-        self.low, self.high = right[-min(BLOCK, tall.shape[1]):].flip(0).mT, right[0]  # the state, as tracked
+        """A few columns: the eigenvectors of the float64 Gram AᵀA (k × k), every step, and σ from the norms
+        of their images ‖A v‖, computed afresh. The Gram's rounding tilts v_min towards v_j by about
+        eps·σ_max²/(λ_j − λ_min), which moves the Rayleigh quotient ‖A v_min‖² by the square of that: below
+        1e-8·σ_min² even at σ_min/σ_max = 1e-6 with σ_min and σ_2 a factor 2 apart (an SVD costs 2-4x more
+        here, most of it in code the Ritz steps do not share)."""
+        vectors = torch.linalg.eigh(tall.mT @ tall)[1]  # (k, k) columns, ascending
+        self.low, self.high = vectors[:, : min(BLOCK, tall.shape[1])], vectors[:, -1]  # the state, as tracked
         self.shape, self.tracked, self.unsettled = tall.shape, True, False
         return self._images(tall, refreshed=True)
 
@@ -236,60 +240,71 @@ class SingularTracker:
         return Extremes(vectors, images, images.square().sum(1).tolist(), refreshed)
 
 
-class _Isotropy(torch.autograd.Function):
-    """The penalty 1 − √((λ_min + f) / (d + f)) of a matrix W from its tracked singular pairs, one node.
+def isotropy_coefficients(lams: tuple[float, float, float], use_mean: bool, jitter: float) -> tuple[float, ...]:
+    """The penalty T = 1 − √((λ_min + f) / (d + f)) and ∂T/∂(λ_min, λ_max, mean λ), as float64 numbers.
 
-    d is λ_max (``ratio``) or the mean eigenvalue (``rms``), f = jitter · mean λ, and λ = σ². The gradient
-    is exact: dλ_i/dW = 2 · left_i ⊗ right_i for the two tracked pairs and d(mean λ)/dW = 2 W / k (mean λ
-    is ‖W‖²_F / k), so the backward direction is one fused rank-2 update ``addmm``. The value and the
-    chain-rule coefficients are computed once in the forward direction, as float64 scalars on the host
-    (numpy: IEEE semantics, so σ_min = 0 without jitter gives inf as a tensor would, not an exception):
-    one autograd node per layer and no 0-dim tensor arithmetic, which on a small MLP costs as much as the
-    tracking itself.
+    d is λ_max (``ratio``) or the mean eigenvalue (``rms``) and f = jitter · mean λ. numpy scalars keep IEEE
+    semantics, so σ_min = 0 without jitter gives inf as a tensor would, not an exception.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        low, high, mean = np.float64(lams[0]), np.float64(lams[1]), np.float64(lams[2])
+        floor = jitter * mean
+        denominator = (mean if use_mean else high) + floor
+        quotient = (low + floor) / denominator
+        root = np.sqrt(quotient)
+        scale = -0.5 / root  # ∂T/∂q
+        d_floor = (1 - quotient) / denominator  # ∂q/∂f
+        d_denominator = -quotient / denominator  # ∂q/∂d
+        d_high = 0.0 if use_mean else d_denominator
+        d_mean = jitter * d_floor + (d_denominator if use_mean else 0)
+        return float(1 - root), float(scale / denominator), float(d_high * scale), float(d_mean * scale)
+
+
+class _IsotropySum(torch.autograd.Function):
+    """Σ over matrices W of the penalty T(W), from their tracked singular pairs: one autograd node.
+
+    The gradient is exact: dλ_i/dW = 2 · left_i ⊗ right_i for the two tracked pairs and d(mean λ)/dW =
+    2 W / k (mean λ is ‖W‖²_F / k), so each matrix's backward is one fused rank-2 ``addmm``. The value and
+    the chain-rule coefficients are host-side float64 numbers computed in the forward direction: one node
+    for all layers and no 0-dim tensor arithmetic, which on a small MLP would cost as much as the tracking.
     """
 
     @staticmethod
-    def forward(ctx, matrix: Tensor, left: Tensor, right: Tensor, lams: tuple[float, float, float],
-                use_mean: bool, jitter: float) -> Tensor:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            low, high, mean = np.float64(lams[0]), np.float64(lams[1]), np.float64(lams[2])  # λ_min, λ_max, mean λ
-            floor = jitter * mean
-            denominator = (mean if use_mean else high) + floor
-            quotient = (low + floor) / denominator
-            root = np.sqrt(quotient)
-            d_floor = (1 - quotient) / denominator  # ∂q/∂f
-            d_denominator = -quotient / denominator  # ∂q/∂d
-            d_high = 0.0 if use_mean else d_denominator
-            d_mean = jitter * d_floor + (d_denominator if use_mean else 0)
-            scale = -0.5 / root
-            ctx.d_mean = float(d_mean * scale)  # ∂T/∂(mean λ)
-            # ∂T/∂(λ_min, λ_max), folded into the left factors (2, m)
-            pair = torch.tensor([[scale / denominator], [d_high * scale]], dtype=left.dtype, device=left.device)
-        ctx.save_for_backward(matrix, (left * pair).to(matrix.dtype), right.to(matrix.dtype))
-        return torch.tensor(1 - root, dtype=matrix.dtype, device=matrix.device)
+    def forward(ctx, value: float, factors: list[tuple[Tensor, Tensor, float]], *matrices: Tensor) -> Tensor:
+        ctx.factors = factors  # per matrix: ∂T/∂λ-scaled left (2, m), right (2, n), ∂T/∂(mean λ)
+        ctx.save_for_backward(*matrices)
+        return torch.tensor(value, dtype=matrices[0].dtype, device=matrices[0].device)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        matrix, left, right = ctx.saved_tensors  # W (m, n), ∂T/∂λ-scaled left (2, m), right (2, n)
         g = 2 * grad.item()
-        update = torch.addmm(matrix, left.mT, right, beta=g * ctx.d_mean / min(matrix.shape), alpha=g)
-        return update, None, None, None, None, None
+        updates = [torch.addmm(matrix, left.mT, right, beta=g * d_mean / min(matrix.shape), alpha=g)
+                   for matrix, (left, right, d_mean) in zip(ctx.saved_tensors, ctx.factors)]
+        return None, None, *updates
 
 
-def tracked_isotropy(matrix: Tensor, tracker: SingularTracker, use_mean: bool,
-                     jitter: float) -> tuple[Tensor, Tensor, Tensor]:
-    """The ``ratio`` (or with ``use_mean`` the ``rms``) penalty of a real ``(m, n)`` matrix via ``tracker``.
+def tracked_isotropy_sum(matrices: list[Tensor], trackers: list[SingularTracker], use_mean: bool,
+                         jitter: float) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+    """Σ of the ``ratio`` (with ``use_mean`` the ``rms``) penalties of real ``(m, n)`` matrices, each through
+    its tracker.
 
-    Returns the penalty (differentiable in ``matrix``, its dtype) and the tracked float64 σ_min and σ_max.
+    Returns the sum (differentiable in every matrix, in their dtype) and each matrix's tracked float64
+    (σ_min, σ_max).
     """
-    wide = matrix.shape[0] < matrix.shape[1]
-    with torch.no_grad():
-        tall = matrix.to(torch.float64)  # no graph: no_grad
-        tall = tall.mT if wide else tall  # (n, k), n ≥ k
-        ext = tracker.update(tall)
-        mean = float(torch.linalg.vector_norm(tall)) ** 2 / tall.shape[1]  # ‖A‖²_F / k, no (n, k) temporary
-    # tall A: dλ/dA = 2 (A v) vᵀ; for a wide W = Aᵀ it is the transpose, 2 v (A v)ᵀ
-    left, right = (ext.vectors, ext.images) if wide else (ext.images, ext.vectors)  # rows (2, m), (2, n)
-    term = _Isotropy.apply(matrix, left, right, (*ext.lams, mean), use_mean, jitter)
-    sigma_min, sigma_max = torch.tensor(ext.lams, dtype=torch.float64, device=matrix.device).sqrt().unbind()
-    return term, sigma_min, sigma_max
+    total, factors, lams = 0.0, [], []
+    for matrix, tracker in zip(matrices, trackers):
+        wide = matrix.shape[0] < matrix.shape[1]
+        with torch.no_grad():
+            tall = matrix.to(torch.float64)  # no graph: no_grad
+            tall = tall.mT if wide else tall  # (n, k), n ≥ k
+            ext = tracker.update(tall)
+            mean = float(torch.linalg.vector_norm(tall)) ** 2 / tall.shape[1]  # ‖A‖²_F / k, no (n, k) temporary
+        value, d_low, d_high, d_mean = isotropy_coefficients((*ext.lams, mean), use_mean, jitter)
+        total += value
+        lams += ext.lams
+        # tall A: dλ/dA = 2 (A v) vᵀ; for a wide W = Aᵀ it is the transpose, 2 v (A v)ᵀ. Rows (2, m), (2, n).
+        left, right = (ext.vectors, ext.images) if wide else (ext.images, ext.vectors)
+        scaled = left * left.new_tensor([[d_low], [d_high]])  # ∂T/∂λ folded into the left factors
+        factors.append((scaled.to(matrix.dtype), right.to(matrix.dtype), d_mean))
+    sigmas = torch.tensor(lams, dtype=torch.float64, device=matrices[0].device).sqrt().view(-1, 2)
+    return _IsotropySum.apply(total, factors, *matrices), list(zip(*sigmas.unbind(1)))

@@ -151,6 +151,25 @@ def test_value_and_gradient_accurate_at_small_ratios(ratio, shape):
 
 
 @pytest.mark.parametrize("ratio", [1e-3, 1e-6])
+@pytest.mark.parametrize("shape", [(10, 300), (300, 10), (4, 50)])
+def test_few_columns_are_exact_at_small_ratios(ratio, shape):
+    # k <= 10 is not tracked: eigenvectors of the k x k float64 Gram, sigma read afresh as ||A v||.
+    # sigma_2 is only twice sigma_min here, the case where the Gram's rounding tilts v_min the most.
+    weight = spectrum_matrix(*shape, ratio, seed=4)
+    u, sigma, vh = torch.linalg.svd(weight.double(), full_matrices=False)
+    sigma[-2] = 2 * ratio
+    weight = ((u * sigma) @ vh).float().requires_grad_(True)
+    reg = build_regularizer("singular", lazy_every=1, measure="ratio", jitter=0.0)
+    value = penalty(reg, with_weight(nn.Linear(shape[1], shape[0], bias=False), weight))
+    exact = torch.linalg.svdvals(weight.detach().double())
+    low, high = reg.extremes[("0", 0)]
+    assert low.item() == pytest.approx(exact[-1].item(), rel=1e-6)
+    assert high.item() == pytest.approx(exact[0].item(), rel=1e-12)
+    (grad,) = torch.autograd.grad(value, weight)
+    assert cosine(grad, smallest_direction(weight.detach())) >= 0.9999
+
+
+@pytest.mark.parametrize("ratio", [1e-3, 1e-6])
 def test_tracking_stays_accurate_while_the_weights_move(ratio):
     # Training-like drift: 30 small steps. Tracked steps agree with the SVD; the cheap steps in between
     # use the cached vectors' Rayleigh quotients, an upper bound of σ_min and a lower bound of σ_max.
