@@ -136,46 +136,58 @@ class PGD:
     def _run(self, x, ids, tgt, eps, noise, restart, adv_out, success, first) -> None:
         """One restart on the clean inputs ``x`` (B, C, H, W) of samples ``ids``; writes the output tensors."""
         alpha = eps * (self.alpha / self.eps)  # float or (B, 1, 1, 1)
-        adv = x.clone() if noise is None else torch.clamp(x + eps * noise, min=0, max=1)
+        # clamp(x + ε·noise, 0, 1), in place on the noise drawn for this run (the same values)
+        adv = x.clone() if noise is None else noise.mul_(eps).add_(x).clamp_(min=0, max=1)
         box = self._box(x, eps)  # L∞: the ε-ball ∩ [0, 1] as per-pixel bounds, computed once
-        # without early stop, which iterates fool the model: (steps + 1, B), reduced once at the end
-        hits = None if self.early_stop else torch.empty((self.steps + 1, len(ids)), dtype=torch.bool,
-                                                       device=x.device)
+        if not self.early_stop:
+            self._run_all_steps(adv, x, ids, tgt, eps, alpha, box, restart, adv_out, success, first)
+            return
         for t in range(self.steps + 1):
             last, step_count = t == self.steps, restart * self.steps + t
             adv.requires_grad_(not last)
             with torch.set_grad_enabled(not last):
                 logits = self.model(adv)  # (B, K); the last forward only checks the final iterate
-            with torch.no_grad():
-                pred = logits.argmax(1)
-                fooled = pred == tgt if self.targeted else pred != tgt  # (B,)
-            if hits is not None:
-                hits[t] = fooled
-            drop = self.early_stop and bool(fooled.any())
+            pred = logits.detach().argmax(1)
+            fooled = pred == tgt if self.targeted else pred != tgt  # (B,)
+            drop = bool(fooled.any())
             if drop:  # broken now: record this iterate, then drop it so it stops costing compute
                 adv_out[ids[fooled]] = adv.detach()[fooled]
                 success[ids[fooled]], first[ids[fooled]] = True, step_count
             if last:
                 break
-            if drop:
-                keep = ~fooled
-                if not keep.any():
-                    return
-                loss = F.cross_entropy(logits[keep], tgt[keep])
-            else:
-                loss = F.cross_entropy(logits, tgt)
+            keep = ~fooled
+            if drop and not keep.any():
+                return
+            loss = F.cross_entropy(logits[keep] if drop else logits, tgt[keep] if drop else tgt)
             grad = torch.autograd.grad(-loss if self.targeted else loss, adv)[0]
             if drop:
                 adv, x, grad, ids, tgt = adv[keep], x[keep], grad[keep], ids[keep], tgt[keep]
                 eps, alpha = _take(eps, keep), _take(alpha, keep)
                 box = None if box is None else (box[0][keep], box[1][keep])
             adv = self._step(adv.detach(), x, grad, eps, alpha, box)
-        adv_out.index_copy_(0, ids, adv.detach())  # last iterate (with early stop a fooled one was recorded)
-        if hits is not None:
-            success[ids[fooled]] = True
-            # the first fooling step; fooled mid-way but recovered is not a success in this mode
-            first_seen = hits.to(torch.uint8).argmax(0) + restart * self.steps  # (B,) first True
-            first[ids] = torch.where(fooled, first_seen, -1)
+        adv_out.index_copy_(0, ids, adv.detach())  # the unbroken samples' last iterate
+
+    def _run_all_steps(self, adv, x, ids, tgt, eps, alpha, box, restart, adv_out, success, first) -> None:
+        """Without early stop every sample takes every step. The predictions of the steps + 1 iterates go
+        into one (steps + 1, B) buffer and are compared with the labels once, after the last forward, so a
+        step costs no more than torchattacks' does besides that argmax."""
+        preds = torch.empty((self.steps + 1, len(ids)), dtype=torch.long, device=x.device)
+        for t in range(self.steps):
+            adv.requires_grad_(True)
+            logits = self.model(adv)  # (B, K)
+            torch.argmax(logits.detach(), 1, out=preds[t])
+            loss = F.cross_entropy(logits, tgt)
+            grad = torch.autograd.grad(-loss if self.targeted else loss, adv)[0]
+            adv = self._step(adv.detach(), x, grad, eps, alpha, box)
+        with torch.no_grad():
+            torch.argmax(self.model(adv), 1, out=preds[-1])  # the last forward only checks the final iterate
+        hits = preds == tgt if self.targeted else preds != tgt  # (steps + 1, B) which iterates fool the model
+        fooled = hits[-1]
+        adv_out.index_copy_(0, ids, adv)
+        success[ids[fooled]] = True
+        # the first fooling step; fooled mid-way but recovered is not a success in this mode
+        first_seen = hits.to(torch.uint8).argmax(0) + restart * self.steps  # (B,) first True
+        first[ids] = torch.where(fooled, first_seen, -1)
 
     def _box(self, x: Tensor, eps) -> tuple[Tensor, Tensor] | None:
         """L∞ only: (max(x − ε, 0), min(x + ε, 1)), the set the projection and the clip keep adv in."""
@@ -204,7 +216,7 @@ class PGD:
     def _unit_noise(self, x: Tensor, gen: torch.Generator) -> Tensor:
         """Start offsets for ε = 1 (scaled by each sample's ε later). (B, C, H, W)"""
         if self.norm == "linf":
-            return torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1
+            return torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype).mul_(2).sub_(1)
         b = x.shape[0]
         d = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
         r = torch.rand((b, 1, 1, 1), generator=gen, device=x.device, dtype=x.dtype)
