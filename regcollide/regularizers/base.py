@@ -59,25 +59,34 @@ class Regularizer(abc.ABC):
         return f"{type(self).__name__}({shown})"
 
 
-def lazy_term(reg: Regularizer, every: int, compute: Callable[[], Tensor]) -> Tensor:
+def lazy_term(reg: Regularizer, every: int, compute: Callable[[float], Tensor]) -> Tensor:
     """Lazy regularization (Karras, Laine, Aittala, Hellsten, Lehtinen & Aila, "Analyzing and Improving
     the Image Quality of StyleGAN", CVPR 2020, sec. 3.1): while training, evaluate an expensive penalty
     on every ``every``-th call only, with its gradient scaled by ``every`` so the expected update is
     unchanged; the calls in between return the last value as a constant (no gradient, nothing computed).
 
+    ``compute(scale)`` returns the penalty with its value unchanged and its gradient multiplied by
+    ``scale``: a penalty with its own autograd node folds the factor into its backward (no extra nodes),
+    any other wraps its result in :func:`scale_gradient`.
+
     Outside training (no gradient recording) every call evaluates. The call counter ``reg._calls`` and
     the cached value ``reg._lazy_value`` are plain private attributes, so training checkpoints keep them.
     """
     if every == 1 or not torch.is_grad_enabled():
-        return compute()
+        return compute(1.0)
     calls = getattr(reg, "_calls", 0)
     reg._calls = calls + 1
     cached = getattr(reg, "_lazy_value", None)
     if calls % every and cached is not None:
         return cached.clone()
-    value = compute()
+    value = compute(float(every))
     reg._lazy_value = value.detach()
-    return value + (every - 1) * (value - value.detach())  # value unchanged, gradient × every
+    return value
+
+
+def scale_gradient(value: Tensor, scale: float) -> Tensor:
+    """``value`` unchanged, its gradient multiplied by ``scale`` (three autograd nodes when scale ≠ 1)."""
+    return value if scale == 1 else value + (scale - 1) * (value - value.detach())
 
 
 def zero_like(outputs: Tensor) -> Tensor:

@@ -85,7 +85,8 @@ class _PairCharge(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, matrix: Tensor, rows: Tensor | None, kappa: float, tau: float) -> Tensor:
+    def forward(ctx, matrix: Tensor, rows: Tensor | None, kappa: float, tau: float, weight: float = 1.0,
+                grad_weight: float = 1.0) -> Tensor:
         chosen = matrix if rows is None else matrix.index_select(0, rows)  # (s, n)
         norms = torch.linalg.vector_norm(chosen, dim=1, keepdim=True).clamp_min(torch.finfo(chosen.dtype).tiny)
         unit = chosen / norms  # (s, n)
@@ -99,9 +100,9 @@ class _PairCharge(torch.autograd.Function):
         floor = math.log1p(math.exp(-kappa * tau))  # softplus(−κτ), the charge at c⁺ = 0
         total = F.softplus(shifted).sub_(floor).sum() / (2 * kappa)  # Σ_{i<j} charge; per element: no cancellation
         slope = torch.sigmoid(shifted).mul_(cosines > 0)  # (s, s) dcharge/dc, symmetric, zero diagonal
-        ctx.save_for_backward(unit, norms, slope.div_(pairs), rows)
+        ctx.save_for_backward(unit, norms, slope.mul_(grad_weight / pairs), rows)
         ctx.shape = matrix.shape
-        return total / pairs
+        return total * (weight / pairs)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -109,14 +110,17 @@ class _PairCharge(torch.autograd.Function):
         d_unit = (slope @ unit).mul_(grad)  # (s, n): S is already the symmetric sum over both orders
         d_rows = (d_unit - unit * (d_unit * unit).sum(1, keepdim=True)) / norms
         if rows is None:
-            return d_rows, None, None, None
+            return d_rows, None, None, None, None, None
         full = d_rows.new_zeros(ctx.shape)
-        return full.index_copy_(0, rows, d_rows), None, None, None  # rows are distinct
+        return full.index_copy_(0, rows, d_rows), None, None, None, None, None  # rows are distinct
 
 
-def mean_pair_charge(rows: Tensor, kappa: float, tau: float, chosen: Tensor | None = None) -> Tensor:
-    """Mean charge over all m(m−1)/2 unordered row pairs of ``rows`` ``(m, n)`` (of ``rows[chosen]``)."""
-    return _PairCharge.apply(rows, chosen, kappa, tau)
+def mean_pair_charge(rows: Tensor, kappa: float, tau: float, chosen: Tensor | None = None,
+                     weight: float = 1.0, grad_weight: float = 1.0) -> Tensor:
+    """Mean charge over all m(m−1)/2 unordered row pairs of ``rows`` ``(m, n)`` (of ``rows[chosen]``), times
+    ``weight``; its gradient is weighted by ``grad_weight`` instead (a mean over layers and the lazy factor,
+    without autograd nodes of their own)."""
+    return _PairCharge.apply(rows, chosen, kappa, tau, weight, grad_weight)
 
 
 def max_positive_cosine(rows: Tensor) -> Tensor:
@@ -157,19 +161,24 @@ class HyperplaneDecorrelation(Regularizer):
         self.convention, self.layers, self.seed, self.lazy_every = convention, layers, seed, lazy_every
         self._generator = torch.Generator().manual_seed(seed)
 
-    def penalty_of(self, rows: Tensor) -> Tensor:
-        """Mean charge over the row pairs of one ``(m, n)`` matrix (a random row subset when m is large)."""
+    def penalty_of(self, rows: Tensor, weight: float = 1.0, grad_weight: float = 1.0) -> Tensor:
+        """Mean charge over the row pairs of one ``(m, n)`` matrix (a random row subset when m is large),
+        times ``weight``, its gradient weighted by ``grad_weight``."""
         chosen = None
         if rows.shape[0] > self.max_rows:
             chosen = torch.randperm(rows.shape[0], generator=self._generator)[: self.max_rows].to(rows.device)
-        return mean_pair_charge(rows, self.kappa, self.tau, chosen)
+        return mean_pair_charge(rows, self.kappa, self.tau, chosen, weight, grad_weight)
 
     def __call__(self, model: nn.Module, batch: dict[str, Tensor], outputs: Tensor) -> Tensor:
-        return lazy_term(self, self.lazy_every, lambda: self._penalty(model, outputs))
+        return lazy_term(self, self.lazy_every, lambda scale: self._penalty(model, outputs, scale))
 
-    def _penalty(self, model: nn.Module, outputs: Tensor) -> Tensor:
+    def _penalty(self, model: nn.Module, outputs: Tensor, scale: float = 1.0) -> Tensor:
+        """Mean over the selected matrices with at least two rows, gradient × ``scale``: each term carries
+        its share of the mean and of the factor, so the graph holds one node per layer and one sum."""
         with full_precision(outputs):
-            terms = [self.penalty_of(upcast(rows)) for layer in select_layers(model, self.layers)
-                     for rows in layer_rows(layer, self.convention, self.use_bias) if rows.shape[0] >= 2]
-        return torch.stack(terms).mean() if terms else zero_like(outputs)
-
+            blocks = [upcast(rows) for layer in select_layers(model, self.layers)
+                      for rows in layer_rows(layer, self.convention, self.use_bias) if rows.shape[0] >= 2]
+            terms = [self.penalty_of(rows, 1 / len(blocks), scale / len(blocks)) for rows in blocks]
+        if not terms:
+            return zero_like(outputs)
+        return terms[0] if len(terms) == 1 else torch.stack(terms).sum()

@@ -59,6 +59,7 @@ from regcollide.regularizers.base import (
     check_positive,
     full_precision,
     lazy_term,
+    scale_gradient,
     upcast,
     zero_like,
 )
@@ -204,26 +205,31 @@ class MinSingularValuePenalty(Regularizer):
         return [torch.stack(blocks)]  # (G, m, n): the blocks of one layer share a shape
 
     def __call__(self, model: nn.Module, batch: dict[str, Tensor], outputs: Tensor) -> Tensor:
-        return lazy_term(self, self.lazy_every, lambda: self._penalty(model, outputs))
+        return lazy_term(self, self.lazy_every, lambda scale: self._penalty(model, outputs, scale))
 
-    def _penalty(self, model: nn.Module, outputs: Tensor) -> Tensor:
-        """Mean over the selected matrices; the single real ones go through their trackers in one node."""
+    def _penalty(self, model: nn.Module, outputs: Tensor, scale: float = 1.0) -> Tensor:
+        """Mean over the selected matrices, gradient × ``scale``; the single real matrices go through their
+        trackers in one autograd node (on a model of linear layers, the only node)."""
         with full_precision(outputs):
             stacks = [((layer.name, position), upcast(stack)) for layer in select_layers(model, self.layers)
                       for position, stack in enumerate(self.stacks(layer))]
             tracked = [(key, stack) for key, stack in stacks if self._trackable(stack)]
+            if not stacks:
+                return zero_like(outputs)
+            if len(tracked) == len(stacks):  # mean and lazy factor folded into the node
+                return self._tracked_sum(tracked, 1 / len(stacks), scale / len(stacks))
             terms = [self._term(stack, key) for key, stack in stacks if not self._trackable(stack)]
             if tracked:
                 terms.append(self._tracked_sum(tracked))
-        if not stacks:
-            return zero_like(outputs)
-        return (terms[0] if len(terms) == 1 else torch.stack(terms).sum()) / len(stacks)
+        return scale_gradient(torch.stack(terms).sum() / len(stacks), scale)
 
     def _trackable(self, stack: Tensor) -> bool:
         return self.measure != "logdet" and stack.dim() == 2
 
-    def _tracked_sum(self, items: list[tuple[tuple[str, int], Tensor]]) -> Tensor:
-        """Σ of the tracked penalties of single real matrices ``(m, n)``; records their (σ_min, σ_max)."""
+    def _tracked_sum(self, items: list[tuple[tuple[str, int], Tensor]], weight: float = 1.0,
+                     grad_weight: float = 1.0) -> Tensor:
+        """``weight`` · Σ of the tracked penalties of single real matrices ``(m, n)``, its gradient weighted by
+        ``grad_weight`` instead; records their (σ_min, σ_max)."""
         trackers = []
         for key, _ in items:
             if key not in self._trackers:
@@ -231,7 +237,7 @@ class MinSingularValuePenalty(Regularizer):
                                                       self.track_every)
             trackers.append(self._trackers[key])
         total, sigmas = tracked_isotropy_sum([matrix for _, matrix in items], trackers, self.measure == "rms",
-                                             self.jitter)
+                                             self.jitter, weight, grad_weight)
         self.extremes.update(zip([key for key, _ in items], sigmas))
         return total
 

@@ -270,26 +270,29 @@ class _IsotropySum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, value: float, factors: list[tuple[Tensor, Tensor, float]], *matrices: Tensor) -> Tensor:
-        ctx.factors = factors  # per matrix: ∂T/∂λ-scaled left (2, m), right (2, n), ∂T/∂(mean λ)
-        ctx.save_for_backward(*matrices)
+    def forward(ctx, value: float, factors: list[tuple[Tensor, Tensor, float]], grad_weight: float,
+                *matrices: Tensor) -> Tensor:
+        ctx.factors, ctx.grad_weight = factors, grad_weight  # per matrix: ∂T/∂λ-scaled left (2, m), right
+        ctx.save_for_backward(*matrices)  # (2, n), ∂T/∂(mean λ); the weight of the sum's gradient
         return torch.tensor(value, dtype=matrices[0].dtype, device=matrices[0].device)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        g = 2 * grad.item()
+        g = 2 * ctx.grad_weight * grad.item()
         updates = [torch.addmm(matrix, left.mT, right, beta=g * d_mean / min(matrix.shape), alpha=g)
                    for matrix, (left, right, d_mean) in zip(ctx.saved_tensors, ctx.factors)]
-        return None, None, *updates
+        return None, None, None, *updates
 
 
 def tracked_isotropy_sum(matrices: list[Tensor], trackers: list[SingularTracker], use_mean: bool,
-                         jitter: float) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
-    """Σ of the ``ratio`` (with ``use_mean`` the ``rms``) penalties of real ``(m, n)`` matrices, each through
-    its tracker.
+                         jitter: float, weight: float = 1.0,
+                         grad_weight: float = 1.0) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+    """``weight`` · Σ of the ``ratio`` (with ``use_mean`` the ``rms``) penalties of real ``(m, n)`` matrices,
+    each through its tracker, with the gradient of the sum weighted by ``grad_weight`` (a mean and the
+    lazy-regularization factor, without autograd nodes of their own).
 
-    Returns the sum (differentiable in every matrix, in their dtype) and each matrix's tracked float64
-    (σ_min, σ_max).
+    Returns the weighted sum (differentiable in every matrix, in their dtype) and each matrix's tracked
+    float64 (σ_min, σ_max).
     """
     total, factors, lams = 0.0, [], []
     for matrix, tracker in zip(matrices, trackers):
@@ -307,4 +310,4 @@ def tracked_isotropy_sum(matrices: list[Tensor], trackers: list[SingularTracker]
         scaled = left * left.new_tensor([[d_low], [d_high]])  # ∂T/∂λ folded into the left factors
         factors.append((scaled.to(matrix.dtype), right.to(matrix.dtype), d_mean))
     sigmas = torch.tensor(lams, dtype=torch.float64, device=matrices[0].device).sqrt().view(-1, 2)
-    return _IsotropySum.apply(total, factors, *matrices), list(zip(*sigmas.unbind(1)))
+    return _IsotropySum.apply(weight * total, factors, grad_weight, *matrices), list(zip(*sigmas.unbind(1)))

@@ -131,3 +131,19 @@ def test_lazy_regularization_scales_the_gradient_and_skips_the_work(name):
         assert torch.allclose(lazy_grad, 3 * exact_grad, rtol=1e-5, atol=1e-7)
     with torch.no_grad():  # evaluation: every call computes
         assert lazy(model, {}, out).item() == pytest.approx(exact(model, {}, out).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["singular", "decorrelation"])
+def test_mean_over_layers_and_lazy_factor_are_folded_into_the_gradient(name):
+    # The term is the mean of the per-layer terms, its gradient (lazy factor 2) twice the mean of theirs.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    out = torch.zeros(1, 3)
+    value = build_regularizer(name, lazy_every=2)(model, {}, out)
+    grads = torch.autograd.grad(value, [model[i].weight for i in (0, 2, 4)])
+    singles = [build_regularizer(name, lazy_every=1, layers=f"^{i}$")(model, {}, out) for i in (0, 2, 4)]
+    assert value.item() == pytest.approx(sum(s.item() for s in singles) / 3, rel=1e-6)
+    for grad, single, i in zip(grads, singles, (0, 2, 4)):
+        (reference,) = torch.autograd.grad(single, model[i].weight)
+        assert torch.allclose(grad, 2 * reference / 3, rtol=1e-5, atol=1e-8)
+        assert grad.abs().max() > 0
