@@ -44,9 +44,9 @@ second order in how far the weights moved since the last tracking step.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -240,24 +240,30 @@ class SingularTracker:
         return Extremes(vectors, images, images.square().sum(1).tolist(), refreshed)
 
 
+def _divide(a: float, b: float) -> float:
+    """a / b with IEEE semantics for b = 0 (±inf, or nan for 0/0), as a tensor division would give."""
+    if b:
+        return a / b
+    return math.nan if a == 0 or math.isnan(a) else math.copysign(math.inf, a) * math.copysign(1.0, b)
+
+
 def isotropy_coefficients(lams: tuple[float, float, float], use_mean: bool, jitter: float) -> tuple[float, ...]:
     """The penalty T = 1 − √((λ_min + f) / (d + f)) and ∂T/∂(λ_min, λ_max, mean λ), as float64 numbers.
 
-    d is λ_max (``ratio``) or the mean eigenvalue (``rms``) and f = jitter · mean λ. numpy scalars keep IEEE
-    semantics, so σ_min = 0 without jitter gives inf as a tensor would, not an exception.
+    d is λ_max (``ratio``) or the mean eigenvalue (``rms``) and f = jitter · mean λ. Plain Python floats
+    (float64) with IEEE division, so σ_min = 0 without jitter gives inf as a tensor would, not an exception.
     """
-    with np.errstate(divide="ignore", invalid="ignore"):
-        low, high, mean = np.float64(lams[0]), np.float64(lams[1]), np.float64(lams[2])
-        floor = jitter * mean
-        denominator = (mean if use_mean else high) + floor
-        quotient = (low + floor) / denominator
-        root = np.sqrt(quotient)
-        scale = -0.5 / root  # ∂T/∂q
-        d_floor = (1 - quotient) / denominator  # ∂q/∂f
-        d_denominator = -quotient / denominator  # ∂q/∂d
-        d_high = 0.0 if use_mean else d_denominator
-        d_mean = jitter * d_floor + (d_denominator if use_mean else 0)
-        return float(1 - root), float(scale / denominator), float(d_high * scale), float(d_mean * scale)
+    low, high, mean = lams
+    floor = jitter * mean
+    denominator = (mean if use_mean else high) + floor
+    quotient = _divide(low + floor, denominator)
+    root = math.sqrt(quotient) if quotient >= 0 else math.nan
+    scale = _divide(-0.5, root)  # ∂T/∂q
+    d_floor = _divide(1 - quotient, denominator)  # ∂q/∂f
+    d_denominator = _divide(-quotient, denominator)  # ∂q/∂d
+    d_high = 0.0 if use_mean else d_denominator
+    d_mean = jitter * d_floor + (d_denominator if use_mean else 0)
+    return 1 - root, _divide(scale, denominator), d_high * scale, d_mean * scale
 
 
 class _IsotropySum(torch.autograd.Function):
