@@ -10,6 +10,7 @@ their term already is the whole task loss.
 from __future__ import annotations
 
 import abc
+import contextlib
 import inspect
 import reprlib
 import types
@@ -176,9 +177,12 @@ def check_positive(name: str, value: float, allow_zero: bool = False) -> None:
         raise ValueError(f"{name} must be {bound}, got {value!r}")
 
 
-def full_precision(reference: Tensor) -> torch.autocast:
-    """Disable autocast: eigvalsh/Cholesky need float32 or float64, and bf16 Gram matrices lose σ_min."""
-    return torch.autocast(device_type=reference.device.type, enabled=False)
+def full_precision(reference: Tensor) -> contextlib.AbstractContextManager:
+    """Disable autocast: eigvalsh/Cholesky need float32 or float64, and bf16 Gram matrices lose σ_min.
+    Without autocast on, nothing to disable: a null context (entering autocast costs a few µs a step)."""
+    device = reference.device.type
+    return torch.autocast(device_type=device, enabled=False) if torch.is_autocast_enabled(device) \
+        else contextlib.nullcontext()
 
 
 def upcast(tensor: Tensor) -> Tensor:
