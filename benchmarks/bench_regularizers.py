@@ -113,7 +113,7 @@ def bench_variant(model_name: str, label: str, name: str, params: dict, batch: d
         reg_times.append(block_seconds(reg_step, block))
     erm, regularized = statistics.median(erm_times), statistics.median(reg_times)
     return {"model": model_name, "regularizer": label, "erm_ms": 1000 * erm, "reg_ms": 1000 * regularized,
-            "ratio": regularized / erm, "target": TARGETS.get(label)}
+            "ratio": regularized / erm, "target": TARGETS.get(label), "repeats": repeats}
 
 
 def report(row: dict) -> str:
@@ -121,12 +121,18 @@ def report(row: dict) -> str:
     verdict = "" if target is None else (f"  (target <= {target:.2f}x) "
                                          + ("ok" if row["ratio"] <= target else "ABOVE TARGET"))
     return (f"{row['model']:15s} {row['regularizer']:26s} ERM {row['erm_ms']:9.1f} ms  "
-            f"reg {row['reg_ms']:9.1f} ms  ratio {row['ratio']:5.2f}x{verdict}")
+            f"reg {row['reg_ms']:9.1f} ms  ratio {row['ratio']:5.2f}x  ({row['repeats']} blocks){verdict}")
 
 
 def default_warmup(model_name: str) -> int:
     """Regularized steps before timing: 25 lazy periods where a step takes milliseconds, else 3."""
     return 200 if model_name in FAST_MODELS else 24
+
+
+def default_repeats(model_name: str, quick: bool) -> int:
+    """Timed blocks per side: 3 (quick) or 5, three times that where a block takes milliseconds (mlp,
+    lenet5): there one block is a few dozen ms, which a shared machine's load moves by 10-20%."""
+    return (3 if quick else 5) * (3 if model_name in FAST_MODELS else 1)
 
 
 def default_block(model_name: str) -> int:
@@ -137,20 +143,20 @@ def default_block(model_name: str) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="mlp, lenet5, cnn-small; singular and "
-                                                             "decorrelation only; 3 repeats")
+                                                             "decorrelation only; 3 repeats (9 on mlp, lenet5)")
     parser.add_argument("--models", nargs="+", default=None, choices=list_models())
     parser.add_argument("--batch-size", type=int_range(1, 10**5), default=128)
     # the median of fewer than 3 is one noisy sample
-    parser.add_argument("--repeats", type=int_range(3, 1000), default=None, help="timed blocks per side (median)")
+    parser.add_argument("--repeats", type=int_range(3, 1000), default=None,
+                        help="timed blocks per side (median; default 3 with --quick, else 5, x3 on mlp and lenet5)")
     parser.add_argument("--block", type=int_range(1, 10**5), default=None, help="steps per timed block")
     parser.add_argument("--only", nargs="*", default=None, help="run variants whose label contains a word")
     parser.add_argument("--warmup", type=int_range(0, 10**6), default=None,
                         help="regularized training steps before timing (default 200 on mlp and lenet5, else 24)")
     args = parser.parse_args()
-    repeats = args.repeats or (3 if args.quick else 5)
     torch.set_num_threads(1)
     models = args.models or (QUICK_MODELS if args.quick else list_models())
-    print(f"batch {args.batch_size}, 1 thread, CPU ms per step, median of {repeats} interleaved blocks, "
+    print(f"batch {args.batch_size}, 1 thread, CPU ms per step, median of interleaved blocks, "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
     above = 0
     for model_name in models:
@@ -159,6 +165,7 @@ def main() -> None:
             if args.only and not any(word in label for word in args.only):
                 continue
             warmup = default_warmup(model_name) if args.warmup is None else args.warmup
+            repeats = args.repeats or default_repeats(model_name, args.quick)
             row = bench_variant(model_name, label, name, params, batch, repeats,
                                 args.block or default_block(model_name), warmup)
             above += row["target"] is not None and row["ratio"] > row["target"]
