@@ -72,6 +72,7 @@ def ritz_coefficients(images: Tensor) -> Tensor:
 
 BLOCK = 4  # smallest vectors tracked: enough to hold the cluster the penalty lifts σ_min into
 EXACT_COLUMNS = 2 * BLOCK + 2  # up to this k a projection basis spans A: take its SVD instead
+CALM_STEPS = 3  # steps converged at the first projection before the start basis drops V_prev
 TINY_RATIO = 1e-14  # λ_min/λ_max below this (σ ratio 1e-7) the residual test is relative to λ_max·1e-14
 
 
@@ -107,6 +108,7 @@ class SingularTracker:
         self.high: Tensor | None = None  # (k,)
         self.power: Tensor | None = None  # (1, k) AᵀA v_high at the end of the last tracking step
         self.previous: Tensor | None = None  # (p, k) the block before the last tracking step, as rows
+        self.calm = 0  # tracking steps in a row that converged at the first projection
         self.precond: Tensor | None = None  # (k, k) pseudo-inverse of AᵀA at the last refresh
         self.shape: tuple[int, ...] | None = None  # (n, k) of the matrix the state belongs to
         self.age = 0
@@ -121,8 +123,9 @@ class SingularTracker:
     def load_state_dict(self, state: dict) -> None:
         # KeyError before anything changes; a state saved before the Krylov direction and the previous
         # block were kept starts without them
-        added = ("power", "previous")
-        values = {key: state[key] for key in vars(self) if key not in added} | {key: state.get(key) for key in added}
+        added = {"power": None, "previous": None, "calm": 0}
+        values = {key: state[key] for key in vars(self) if key not in added}
+        values |= {key: state.get(key, default) for key, default in added.items()}
         values["shape"] = None if values["shape"] is None else tuple(values["shape"])
         for key, value in values.items():
             setattr(self, key, value)
@@ -170,17 +173,26 @@ class SingularTracker:
         self.age, self.refreshes, self.shape = 0, self.refreshes + 1, tall.shape
 
     def _start_basis(self) -> Tensor:
-        """span{V_low, v_high, AᵀA v_high, V_prev} as orthonormal rows (q, k), q ≤ 2p + 2, the cached vectors
-        first. V_prev is the block one tracking step earlier: with V_low it spans the direction the block
-        is drifting in, as the search direction of LOBPCG does across its iterations (Knyazev 2001); on the
-        MLP it cuts the residual of this projection about 30-fold. Both extras are left out right after a
-        refresh, which has neither."""
+        """span{V_low, v_high, AᵀA v_high} as orthonormal rows (p + 2, k), the cached vectors first. Unless the
+        last ``CALM_STEPS`` tracking steps converged at their first projection (the block is drifting), also
+        V_prev, the block one tracking step earlier: with V_low it spans the direction the block drifts in,
+        as the search direction of LOBPCG does across its iterations (Knyazev 2001); on the MLP's square
+        layer it cuts the residual of this projection about 30-fold. Right after a refresh there is neither
+        extra."""
         basis = torch.cat([self.low.mT, self.high.unsqueeze(0)])  # (p + 1, k) orthonormal (a Ritz basis)
-        if self.power is None or self.previous is None:
+        if self.power is None:
             return basis
-        # Householder QR keeps span{V_low, v_high} in its first p + 1 rows; an extra that adds nothing
-        # (the block did not move) becomes some orthonormal direction, which a projection can only use
-        return torch.linalg.qr(torch.cat([basis, self.power, self.previous]).mT)[0].mT
+        if self.calm < CALM_STEPS and self.previous is not None:
+            # Householder QR keeps span{V_low, v_high} in its first p + 1 rows; an extra that adds nothing
+            # becomes some orthonormal direction, which a projection can only use
+            return torch.linalg.qr(torch.cat([basis, self.power, self.previous]).mT)[0].mT
+        power = self.power[0]
+        step = power - (basis @ power) @ basis
+        step = step - (basis @ step) @ basis  # twice is enough (Kahan): orthogonal to working precision
+        length = torch.linalg.vector_norm(step)
+        if not bool(length > torch.finfo(step.dtype).eps ** 0.5 * torch.linalg.vector_norm(power)):
+            return basis  # v_high is an eigenvector to working precision: nothing to add
+        return torch.cat([basis, (step / length).unsqueeze(0)])  # (p + 2, k)
 
     def _track(self, tall: Tensor, iterations: int, refreshed: bool = False) -> Extremes | None:
         """The cheap projection, then preconditioned ones until the smallest pair passes (at most
@@ -197,7 +209,8 @@ class SingularTracker:
             lams = squares.tolist()
             self.power = back[p:]  # (1, k)
             if self._converged(float(torch.linalg.vector_norm(residual[0])) ** 2, lams):
-                self.unsettled = done > 1 or refreshed  # several preconditioned projections: moving
+                self.calm = 0 if done else self.calm + 1
+                self.unsettled = done > 1 or refreshed  # several preconditioned projections: track again
                 return Extremes(rows[0::p], images[0::p], lams[0::p], refreshed)
             if done == iterations:
                 self.unsettled = True
