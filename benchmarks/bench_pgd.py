@@ -109,7 +109,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int_range(1, 10**5), default=None)
     parser.add_argument("--n", type=int_range(1, 10**5), default=None, help="images (default 1000; 256 with --quick)")
     # the median of fewer than 3 is one noisy sample
-    parser.add_argument("--repeats", type=int_range(3, 1000), default=5, help="interleaved runs per side (median)")
+    # a round of the quick mode takes ~0.2 s, which a shared machine's load moves by several %: 9 rounds
+    parser.add_argument("--repeats", type=int_range(3, 1000), default=9, help="interleaved runs per side (median)")
     args = parser.parse_args()
     steps = args.steps or (20 if args.quick else 40)
     n = args.n or (256 if args.quick else 1000)
