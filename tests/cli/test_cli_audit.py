@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -45,7 +46,13 @@ def test_table_is_aligned_with_a_totals_line():
     assert header.split()[:3] == ["name", "kind", "out_dim"]
     rows = lines[2 : lines.index(lines[1], 2)]  # between the two rule lines
     assert len(rows) == 3  # the mlp registry model: 784 -> 256 -> 256 -> 10
-    assert len({len(line) for line in [lines[1], *rows]}) <= 2  # right/left padding keeps columns aligned
+    # Right/left padding keeps columns aligned: each numeric column ends where its header label ends, and
+    # the last one (the left-aligned method name, "gram" or "svd") starts where its label starts.
+    ends = [m.end() for m in re.finditer(r"\S+", header)][2:-1]  # the numeric columns
+    last = header.rindex(" ") + 1
+    for line in rows:
+        assert all(line[end - 1] != " " and line[end] == " " for end in ends), line
+        assert line[last - 1] == " " and line[last] != " ", line
     totals = next(line for line in lines if line.startswith("TOTAL"))
     assert totals.split()[3:6] == ["774", "774", "0"]  # nullity 528 + 0 + 246, all structural at init
     assert "nullity(W1)" in result.output and "forward order" in result.output
