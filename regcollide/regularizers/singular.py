@@ -18,7 +18,9 @@ to scaling the weights):
 How σ_min is computed. ``ratio`` and ``rms`` take σ_min (and σ_max) from a float64 tracker
 (:mod:`regcollide.regularizers.tracking`): warm-started preconditioned Ritz steps on the weight matrix
 itself, two passes over it per step, with a full float64 decomposition only on the first step, every
-``refresh_every`` steps, or when the tracked pair fails its residual test. Value and gradient
+``refresh_every`` steps, or when the tracked pair fails its residual test (matrices with at most 10
+columns or rows: the eigenvectors of their small float64 Gram, every step). All tracked matrices of a
+model form one autograd node (:mod:`regcollide.regularizers.isotropy`). Value and gradient
 (2·u σ vᵀ for λ = σ²) stay accurate for σ_min/σ_max from 1 down to 1e-6, where a float32 Gram matrix
 reports noise (σ_min/σ_max ≈ 7e-4 for a true 1e-5). Stacks of several blocks (``convention="grouped"``
 with groups, or ``conv_operator="fft"``) use a float64 batched SVD instead. ``logdet`` needs the whole
@@ -63,8 +65,9 @@ from regcollide.regularizers.base import (
     upcast,
     zero_like,
 )
+from regcollide.regularizers.isotropy import tracked_isotropy_sum
 from regcollide.regularizers.selection import select_layers, smaller_gram
-from regcollide.regularizers.tracking import SingularTracker, tracked_isotropy_sum
+from regcollide.regularizers.tracking import SingularTracker
 
 
 def isotropy_from_eigenvalues(eigenvalues: Tensor, measure: str, jitter: float = 1e-6) -> Tensor:
