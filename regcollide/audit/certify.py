@@ -28,21 +28,42 @@ singular value near tol from 0. It can only prove that all of them are far above
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
 import torch
 from scipy.linalg.blas import dsyrk, ssyrk
+from threadpoolctl import ThreadpoolController
 from torch import Tensor
 
-__all__ = ["CHUNK", "U32", "U64", "chunk_gamma", "eigensolver_error", "gram", "is_positive_definite",
-           "lanczos_top"]
+__all__ = ["CHUNK", "U32", "U64", "blas_threads", "chunk_gamma", "eigensolver_error", "gram",
+           "is_positive_definite", "lanczos_top"]
 
 U64 = 2.0**-52  # twice the float64 unit roundoff: every bound below is taken generously
 U32 = 2.0**-24  # float32 unit roundoff
 CHUNK = 512  # columns per fresh product in a Gram: an entry sees at most CHUNK + N / CHUNK roundings
 _CHECK_EVERY = 8  # Lanczos steps between convergence checks
 _SYRK_MIN_K = 256  # smaller float64 Grams are faster as batched torch matmuls than one syrk call each
+
+
+# Below this many flops per call (N k^2 for a Gram) scipy's OpenBLAS runs on one thread. Its threads
+# compete for the cores with torch's OpenMP threads, which keep spinning after each torch call: on two
+# cores SqueezeNet's audit took 150 ms with both pools at 2 threads and 26 ms with OpenBLAS at 1, and
+# ResNet-50's 470 ms against 315 ms. Only VGG-sized Grams (fc6: 4e11 flops) gain from the second thread.
+_PARALLEL_MIN_FLOPS = 1e9
+_CONTROLLER: ThreadpoolController | None = None
+
+
+def blas_threads(flops: float) -> contextlib.AbstractContextManager:
+    """A context running scipy's BLAS/LAPACK (the Grams' ``syrk``, the float32 eigensolver) on one thread
+    for a call under ``_PARALLEL_MIN_FLOPS``; larger calls keep the library's own thread count."""
+    global _CONTROLLER
+    if flops >= _PARALLEL_MIN_FLOPS:
+        return contextlib.nullcontext()
+    if _CONTROLLER is None:  # scanning the loaded libraries takes a few ms: once per process
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=1, user_api="blas")
 
 
 def chunk_gamma(big: int, unit: float) -> float:
@@ -84,6 +105,13 @@ def _gram_syrk(matrix: Tensor, wide: bool, dtype: torch.dtype) -> Tensor:
     k, big = (matrix.shape[0], matrix.shape[1]) if wide else (matrix.shape[1], matrix.shape[0])
     syrk = ssyrk if dtype == torch.float32 else dsyrk
     values = matrix.to(dtype).numpy()  # a view when the dtype already matches
+    with blas_threads(min(big, CHUNK) * k * k):
+        acc = _chunked_syrk(values, wide, big, syrk)
+    return torch.from_numpy(_symmetrize(acc))
+
+
+def _chunked_syrk(values: np.ndarray, wide: bool, big: int, syrk) -> np.ndarray:
+    """The upper triangle of the Gram, one fresh product per CHUNK columns, added chunk by chunk."""
     acc = None
     for start in range(0, big, CHUNK):
         # wide: part (k, c) C-order, its .T is (c, k) F-order and trans=1 gives part @ part.T;
@@ -91,7 +119,7 @@ def _gram_syrk(matrix: Tensor, wide: bool, dtype: torch.dtype) -> Tensor:
         part = values[:, start : start + CHUNK] if wide else values[start : start + CHUNK, :]
         fresh = syrk(1.0, part.T, trans=1 if wide else 0)  # upper triangle of a fresh (k, k) product
         acc = fresh if acc is None else acc + fresh  # one rounding per chunk, in ``dtype``
-    return torch.from_numpy(_symmetrize(acc))
+    return acc
 
 
 def _symmetrize(upper: np.ndarray) -> np.ndarray:

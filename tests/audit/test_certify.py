@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from threadpoolctl import threadpool_info, threadpool_limits
 
-from regcollide.audit import decide
+from regcollide.audit import certify, decide
 from regcollide.audit.certify import gram, is_positive_definite, lanczos_top
 from regcollide.audit.rank import NonFiniteWeightsError, ranks_of
 
@@ -77,3 +78,22 @@ def test_bad_tolerances_are_refused(value):
         ranks_of([torch.randn(4, 4)], rtol=value)
     with pytest.raises(ValueError, match="factors"):
         ranks_of([torch.randn(4, 4)], factors=(value,))
+
+
+def _blas_threads() -> dict[str, int]:
+    return {lib["filepath"]: lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+
+def test_small_grams_run_scipys_blas_on_one_thread_and_give_the_count_back(monkeypatch):
+    # Two BLAS pools spinning on the same cores made small audits 6x slower: small calls take one thread.
+    seen = []
+    original = certify._chunked_syrk
+    monkeypatch.setattr(certify, "_chunked_syrk", lambda *args: seen.append(_blas_threads()) or original(*args))
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = _blas_threads()
+        certify.gram(torch.randn(1, 300, 700), single=True)  # 512 * 300^2 flops per call: one thread
+        assert seen and set(seen[0].values()) == {1}
+        assert _blas_threads() == before == {path: 2 for path in before}
+        monkeypatch.setattr(certify, "_PARALLEL_MIN_FLOPS", 1e6)  # now a "large" call keeps the pool
+        certify.gram(torch.randn(1, 300, 700), single=True)
+        assert seen[1] == before
