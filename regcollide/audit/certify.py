@@ -49,7 +49,7 @@ _SYRK_MIN_K = 256  # smaller float64 Grams are faster as batched torch matmuls t
 
 # Below this many flops per call (N k^2 for a Gram) scipy's OpenBLAS runs on one thread. Its threads
 # compete for the cores with torch's OpenMP threads, which keep spinning after each torch call: on two
-# cores SqueezeNet's audit took 150 ms with both pools at 2 threads and 26 ms with OpenBLAS at 1, and
+# cores SqueezeNet's audit took 90-150 ms with both pools at 2 threads and 26 ms with OpenBLAS at 1, and
 # ResNet-50's 470 ms against 315 ms. Only VGG-sized Grams (fc6: 4e11 flops) gain from the second thread.
 _PARALLEL_MIN_FLOPS = 1e9
 _CONTROLLER: ThreadpoolController | None = None
