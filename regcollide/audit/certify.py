@@ -87,8 +87,7 @@ def gram(batch: Tensor, single: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     k, big = (m, n) if wide else (n, m)
     dtype = torch.float32 if single else torch.float64
     if batch.device.type == "cpu" and (single or k >= _SYRK_MIN_K):
-        grams = torch.stack([_gram_syrk(batch[b].detach(), wide, dtype) for b in range(bsz)]) if bsz > 1 \
-            else _gram_syrk(batch[0].detach(), wide, dtype)[None]
+        grams = torch.stack([_gram_syrk(batch[b].detach(), wide, dtype) for b in range(bsz)])
     else:  # float64 batched matmuls: small Grams, and other devices (whose float32 may use TF32 units)
         grams = torch.zeros(bsz, k, k, dtype=torch.float64, device=batch.device)
         for start in range(0, big, CHUNK):

@@ -253,8 +253,7 @@ def _stage(batch: Tensor, todo: list[int], rule: Rule, decided: dict[int, Decide
         row_grams[todo] = grams.double()
     left, cert = list(range(len(todo))), None
     if not precise and not _certificate_pays(len(todo), k):  # a float32 eigensolve on the float32 Grams
-        left = _eigen_single(grams, delta, rule, todo, decided, left)
-        return [todo[j] for j in left]
+        return _eigen(batch, todo, grams, delta, rule, decided, single=True)
     grams = grams.double()  # exact; a no-op for the float64 stage
     if _certificate_pays(len(todo), k):
         # Where float noise alone likely leaves singular values under the largest tolerance (big square
@@ -305,44 +304,33 @@ def _svd_decided(matrix: Tensor, rule: Rule) -> Decided:
 
 
 def _eigen(batch: Tensor, idx: list[int], grams: Tensor, delta: Tensor, rule: Rule,
-           decided: dict[int, Decided]) -> None:
-    """The symmetric eigensolver on the Grams; borderline matrices are recomputed as the reference does."""
+           decided: dict[int, Decided], single: bool = False) -> list[int]:
+    """The symmetric eigensolver on the Grams (R, k, k); returns the items of ``idx`` left undecided.
+
+    float64 Grams: every matrix is decided, a borderline one recomputed as the reference does.
+    ``single``: float32 Grams from ``gram(single=True)``, which a float32 solve sees exactly. A matrix is
+    decided only if every eigenvalue, widened by the Gram bound and the float32 solver's own error, lies
+    above the band at every factor: then its rank is k for the reference too. The rest is left to the
+    float64 stage. Their sigma_min and sigma_max are those of the float32 Gram (relative error about
+    1e-6 on these well-conditioned matrices, like the reference's own float32 SVD).
+    """
     k = grams.shape[-1]
-    eig = torch.linalg.eigvalsh(grams)  # (R, k) ascending
+    eig = _eigvalsh32(grams).double() if single else torch.linalg.eigvalsh(grams)  # (R, k) ascending
     # ||G_hat||_2 <= 2 * (computed lambda_max) for a backward-stable solver with p(k) u < 1/2.
-    delta = delta + eigensolver_error(2 * eig[:, -1].abs(), k)
+    delta = delta + eigensolver_error(2 * eig[:, -1].abs(), k, unit=2 * U32 if single else U64)
     band_ranks, borderline = _band_decide(eig, delta, rule, k)
+    if single:  # only full rank proven with room to spare
+        borderline = borderline | (band_ranks < k).any(dim=1)
+    rest = []
     for j, i in enumerate(idx):
         if bool(borderline[j]):
-            decided[i] = _svd_decided(batch[i], rule)
+            if single:
+                rest.append(i)
+            else:
+                decided[i] = _svd_decided(batch[i], rule)
             continue
         s_min, s_max = math.sqrt(max(float(eig[j, 0]), 0.0)), math.sqrt(max(float(eig[j, -1]), 0.0))
         decided[i] = (tuple(int(r) for r in band_ranks[j]), s_min, s_max, rule.tol(s_max), "gram")
-
-
-def _eigen_single(grams: Tensor, delta: Tensor, rule: Rule, idx: list[int], decided: dict[int, Decided],
-                  positions: list[int]) -> list[int]:
-    """Full rank from a float32 eigensolve of float32 Grams; returns the ``positions`` it could not prove.
-
-    The Grams are float32 (``gram(single=True)``), so the float32 solve sees them exactly; its
-    eigenvalues are off by at most the Gram bound ``delta`` plus the float32 eigensolver's own error.
-    A matrix is decided only if every eigenvalue, so widened, lies above the band at every factor: then
-    its rank is k for the reference too. Anything else is left to the float64 stage. Its sigma_min and
-    sigma_max are those of the float32 Gram (relative error about 1e-6 on these well-conditioned
-    matrices, like the reference's own float32 SVD).
-    """
-    k = grams.shape[-1]
-    eig = _eigvalsh32(grams).double()  # (R, k) ascending; 1.3-1.8x faster than float64
-    delta = delta + eigensolver_error(2 * eig[:, -1].abs(), k, unit=2 * U32)
-    ranks, borderline = _band_decide(eig, delta, rule, k)
-    proven = ~borderline & (ranks == k).all(dim=1)
-    rest = []
-    for j, (i, position) in enumerate(zip(idx, positions, strict=True)):
-        if not bool(proven[j]):
-            rest.append(position)
-            continue
-        s_min, s_max = math.sqrt(max(float(eig[j, 0]), 0.0)), math.sqrt(float(eig[j, -1]))
-        decided[i] = ((k,) * len(rule.factors), s_min, s_max, rule.tol(s_max), "gram")
     return rest
 
 

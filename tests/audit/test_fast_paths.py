@@ -101,8 +101,14 @@ def test_small_batches_of_well_conditioned_rectangles_are_decided_by_a_float32_e
     monkeypatch.undo()  # no certificate: one 300-column Gram is too small to repay it
     gen = torch.Generator().manual_seed(8)
     calls = []
-    original = decide._eigen_single
-    monkeypatch.setattr(decide, "_eigen_single", lambda *a: calls.append(1) or original(*a))
+    original = decide._eigen
+
+    def spy(*args, single=False):
+        rest = original(*args, single=single)
+        calls.append((single, rest))
+        return rest
+
+    monkeypatch.setattr(decide, "_eigen", spy)
     # k = 300 takes scipy's eigensolver, k = 150 torch's (decide._SCIPY_EIGEN_MIN_K = 192)
     for matrix in (torch.randn(300, 2 * CHUNK + 100, generator=gen), torch.randn(700, 150, generator=gen)):
         ranks, method = engine_ranks(matrix)
@@ -113,7 +119,7 @@ def test_small_batches_of_well_conditioned_rectangles_are_decided_by_a_float32_e
         # From the float32 Gram: far better than the 1e-3 the reports need, short of float64's 1e-10.
         assert info.sigma_max == pytest.approx(float(sigma[0]), rel=1e-5)
         assert info.sigma_min == pytest.approx(float(sigma[-1]), rel=1e-5)
-    assert len(calls) == 4  # the float32 stage decided them, not the float64 fallback
+    assert calls == [(True, [])] * 4  # the float32 stage decided them, not the float64 fallback
 
 
 @pytest.mark.parametrize("name", ["spread", "repeated", "cancelling", "tall"])
