@@ -52,18 +52,40 @@ _SYRK_MIN_K = 256  # smaller float64 Grams are faster as batched torch matmuls t
 # cores SqueezeNet's audit took 90-150 ms with both pools at 2 threads and 26 ms with OpenBLAS at 1, and
 # ResNet-50's 470 ms against 315 ms. Only VGG-sized Grams (fc6: 4e11 flops) gain from the second thread.
 _PARALLEL_MIN_FLOPS = 1e9
-_CONTROLLER: ThreadpoolController | None = None
 
 
 def blas_threads(flops: float) -> contextlib.AbstractContextManager:
     """A context running scipy's BLAS/LAPACK (the Grams' ``syrk``, the float32 eigensolver) on one thread
-    for a call under ``_PARALLEL_MIN_FLOPS``; larger calls keep the library's own thread count."""
-    global _CONTROLLER
-    if flops >= _PARALLEL_MIN_FLOPS:
+    for a call under ``_PARALLEL_MIN_FLOPS``; larger calls keep the library's own thread count.
+
+    Inside another such one-thread context it does nothing, so the rank engine opens one per batch.
+    """
+    global _BLAS_LIBRARIES
+    if flops >= _PARALLEL_MIN_FLOPS or _ONE_THREAD[0]:
         return contextlib.nullcontext()
-    if _CONTROLLER is None:  # scanning the loaded libraries takes a few ms: once per process
-        _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER.limit(limits=1, user_api="blas")
+    if _BLAS_LIBRARIES is None:  # scanning the loaded libraries takes a few ms: once per process
+        _BLAS_LIBRARIES = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
+    return _one_thread(_BLAS_LIBRARIES)
+
+
+_BLAS_LIBRARIES: list | None = None  # threadpoolctl's controllers of the loaded BLAS libraries
+_ONE_THREAD = [0]  # depth of open one-thread contexts
+
+
+@contextlib.contextmanager
+def _one_thread(libraries: list):
+    # The libraries' own setters, not ThreadpoolController.limit: that one re-reads every library's
+    # state on entry (about 10 us, more than many of the small calls it wraps).
+    saved = [lib.get_num_threads() for lib in libraries]
+    for lib in libraries:
+        lib.set_num_threads(1)
+    _ONE_THREAD[0] += 1
+    try:
+        yield
+    finally:
+        _ONE_THREAD[0] -= 1
+        for lib, count in zip(libraries, saved, strict=True):
+            lib.set_num_threads(count)
 
 
 def chunk_gamma(big: int, unit: float) -> float:
@@ -72,9 +94,11 @@ def chunk_gamma(big: int, unit: float) -> float:
     return terms * unit / (1 - terms * unit)
 
 
-def gram(batch: Tensor, single: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+def gram(batch: Tensor, single: bool = False, full: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """Gram of the smaller side of a batch (B, m, n): (grams (B, k, k), ||A||_F^2 bound (B,), delta), the
     Grams in float64, or in float32 with ``single`` (``.double()`` converts them exactly), the bounds float64.
+    ``full=False`` may leave the strict lower triangles zero, for a solver that reads only the upper one
+    (filling them in costs a tenth of a 512 x 512 eigensolve).
 
     ``|lambda_i(G_hat) - lambda_i(G)| <= delta`` for every eigenvalue (the products' rounding only; an
     eigensolver run on G_hat adds its own error). ``single`` forms the products in float32 (CPU only).
@@ -87,7 +111,10 @@ def gram(batch: Tensor, single: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     k, big = (m, n) if wide else (n, m)
     dtype = torch.float32 if single else torch.float64
     if batch.device.type == "cpu" and (single or k >= _SYRK_MIN_K):
-        grams = torch.stack([_gram_syrk(batch[b].detach(), wide, dtype) for b in range(bsz)])
+        parts = [_gram_syrk(batch[b].detach(), wide, dtype, full) for b in range(bsz)]
+        # Kept in LAPACK's column-major layout, which the eigensolvers would otherwise copy into (0.4 ms at
+        # k = 512, as much as a fresh stack's page faults): one Gram is a view, several are stacked as such.
+        grams = parts[0][None] if bsz == 1 else torch.stack([part.mT for part in parts]).mT
     else:  # float64 batched matmuls: small Grams, and other devices (whose float32 may use TF32 units)
         grams = torch.zeros(bsz, k, k, dtype=torch.float64, device=batch.device)
         for start in range(0, big, CHUNK):
@@ -99,14 +126,15 @@ def gram(batch: Tensor, single: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     return grams, frob2, gamma * frob2
 
 
-def _gram_syrk(matrix: Tensor, wide: bool, dtype: torch.dtype) -> Tensor:
-    """(k, k) Gram of one CPU matrix from scipy's BLAS syrk (IEEE arithmetic and result in ``dtype``)."""
+def _gram_syrk(matrix: Tensor, wide: bool, dtype: torch.dtype, full: bool = True) -> Tensor:
+    """(k, k) Gram of one CPU matrix from scipy's BLAS syrk (IEEE arithmetic and result in ``dtype``); only
+    its upper triangle unless ``full``."""
     k, big = (matrix.shape[0], matrix.shape[1]) if wide else (matrix.shape[1], matrix.shape[0])
     syrk = ssyrk if dtype == torch.float32 else dsyrk
     values = matrix.to(dtype).numpy()  # a view when the dtype already matches
     with blas_threads(min(big, CHUNK) * k * k):
         acc = _chunked_syrk(values, wide, big, syrk)
-    return torch.from_numpy(_symmetrize(acc))
+    return torch.from_numpy(_symmetrize(acc) if full else acc)
 
 
 def _chunked_syrk(values: np.ndarray, wide: bool, big: int, syrk) -> np.ndarray:
@@ -131,7 +159,7 @@ def _symmetrize(upper: np.ndarray) -> np.ndarray:
     return full
 
 
-def eigensolver_error(grams_norm: Tensor, k: int, unit: float = U64) -> Tensor:
+def eigensolver_error(grams_norm: Tensor | np.ndarray, k: int, unit: float = U64) -> Tensor | np.ndarray:
     """Error bound of a backward-stable symmetric eigensolver on a k x k matrix of 2-norm ``grams_norm``,
     run in the precision whose (generously taken) unit roundoff is ``unit``."""
     return unit * (10 * k + 10) * grams_norm

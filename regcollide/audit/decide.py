@@ -3,9 +3,10 @@
 Each stage is cheaper than the next and only passes on what it could not prove (see
 ``regcollide.audit.rank`` for the numerical argument):
 
-0. tiny matrices (m n k below ``_SVD_MAX_WORK``) go straight to the reference computation,
-   ``torch.linalg.svdvals`` in the weight's dtype: there one SVD costs less than the fixed overhead of
-   any Gram stage. Their sigma_min and sigma_max are that SVD's, as for borderline matrices;
+0. small matrices (m n k up to ``_svd_max_work``) go straight to the reference computation,
+   ``torch.linalg.svdvals`` in the weight's dtype: there one SVD costs less than a Gram stage (its fixed
+   overhead, or for square-ish matrices the float64 eigensolve). Their sigma_min and sigma_max are that
+   SVD's, as for borderline matrices;
 1. a float32 Gram (``certify.gram``), for rectangular float32 matrices whose Marchenko-Pastur smallest
    eigenvalue clears the float32 error bound, and on it either the full-rank certificate (large batches)
    or a float32 symmetric eigensolve whose eigenvalues, widened by both error bounds, all clear the band;
@@ -44,10 +45,13 @@ from regcollide.audit.noise import expected_random_count
 __all__ = ["Decided", "NonFiniteWeightsError", "Rule", "decide_batch"]
 
 _SCIPY_EIGEN_MIN_K = 192  # see _eigvalsh32
-# m n k below which one reference SVD is cheaper than a Gram stage's fixed cost (about 0.1 ms). LAPACK
-# starts a tall matrix's SVD with a QR, several times cheaper than the wide one's bidiagonalization.
-_SVD_MAX_WORK = 2e5
-_SVD_MAX_WORK_TALL = 1.5e6
+# m n k up to which one reference SVD is cheaper than a Gram stage (whose fixed cost is about 0.07 ms),
+# measured on one thread. LAPACK starts a tall matrix's SVD with a QR, cheaper than the wide one's
+# bidiagonalization; matrices the float32 Gram cannot serve (square-ish ones) pay a float64 eigensolve,
+# which costs about as much as the SVD itself.
+_SVD_MAX_WORK = 1e5
+_SVD_MAX_WORK_TALL = 2.5e5
+_SVD_MAX_WORK_FLOAT64 = 2e6
 _CERTIFY_MIN_K = 129  # below this a batched eigensolve is as cheap as the certificate
 # The certificate's fixed cost (about 80 Lanczos steps in Python) is repaid once the eigensolves it saves,
 # about B k^3 flops at BLAS-2 speed, exceed it: B k^3 >= 4e8 (one 768 x 768 Gram, three of 512, ...).
@@ -67,10 +71,12 @@ class Rule:
     factors: tuple[float, ...]
     eps: float
 
-    def tol(self, sigma_max: Tensor | float, factor: float = 1.0):
-        """f * max(atol, rtol * sigma_max), elementwise on a tensor."""
+    def tol(self, sigma_max: Tensor | np.ndarray | float, factor: float = 1.0):
+        """f * max(atol, rtol * sigma_max), elementwise on a tensor or an array."""
         if isinstance(sigma_max, Tensor):
             return factor * torch.clamp(self.rtol * sigma_max, min=self.atol)
+        if isinstance(sigma_max, np.ndarray):
+            return factor * np.maximum(self.rtol * sigma_max, self.atol)
         return factor * max(self.atol, self.rtol * sigma_max)
 
 
@@ -172,25 +178,30 @@ def _cholesky_solve(factor: Tensor, rhs: Tensor) -> Tensor:
     return torch.linalg.solve_triangular(factor.mT, half, upper=True)[:, :, 0]
 
 
-def _bands(lam_lo: Tensor, lam_hi: Tensor, delta: Tensor, rule: Rule, k: int) -> list[tuple[Tensor, Tensor]]:
-    """Per factor, the (B,) band [lo, hi] of Gram eigenvalues that the reference could rank either way.
+def _bands(lam_lo: np.ndarray, lam_hi: np.ndarray, delta: np.ndarray, rule: Rule, k: int
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """The bands [lo, hi] (B, F), one per matrix and factor, of Gram eigenvalues that the reference could
+    rank either way.
 
     ``lam_lo <= lambda_max(G) <= lam_hi``; the band covers the tolerance's uncertainty, the reference
     SVD's own error eta and the Gram error delta, so an eigenvalue outside it is decided the same way.
+    float64 arrays on the host: a few scalars per matrix, where each torch call would cost more than the
+    arithmetic.
     """
-    sig_lo, sig_hi = (lam_lo - delta).clamp_min(0).sqrt(), (lam_hi + delta).sqrt()
-    eta = 2.0 * math.sqrt(k) * rule.eps * sig_hi
-    return [((rule.tol(sig_lo, f) - eta).clamp_min(0) ** 2 - delta, (rule.tol(sig_hi, f) + eta) ** 2 + delta)
-            for f in rule.factors]
+    sig_lo, sig_hi = np.sqrt(np.maximum(lam_lo - delta, 0.0)), np.sqrt(lam_hi + delta)
+    eta = (2.0 * math.sqrt(k) * rule.eps * sig_hi)[:, None]
+    factors = np.asarray(rule.factors)  # f * max(atol, rtol s), as Rule.tol multiplies
+    lo = np.maximum(rule.tol(sig_lo)[:, None] * factors - eta, 0.0) ** 2 - delta[:, None]
+    hi = (rule.tol(sig_hi)[:, None] * factors + eta) ** 2 + delta[:, None]
+    return lo, hi
 
 
-def _band_decide(eig: Tensor, delta: Tensor, rule: Rule, k: int) -> tuple[Tensor, Tensor]:
+def _band_decide(eig: np.ndarray, delta: np.ndarray, rule: Rule, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Ranks (B, F) from the Gram eigenvalues (B, k) and which matrices are borderline at some factor."""
-    ranks, borderline = [], torch.zeros(eig.shape[0], dtype=torch.bool, device=eig.device)
-    for band_lo, band_hi in _bands(eig[:, -1], eig[:, -1], delta, rule, k):
-        borderline |= ((eig >= band_lo[:, None]) & (eig <= band_hi[:, None])).any(dim=1)
-        ranks.append((eig > band_hi[:, None]).sum(dim=1))
-    return torch.stack(ranks, dim=1), borderline
+    lo, hi = _bands(eig[:, -1], eig[:, -1], delta, rule, k)  # (B, F) each
+    at_most_hi = (eig[:, None, :] <= hi[:, :, None]).sum(axis=2)  # (B, F)
+    below_lo = (eig[:, None, :] < lo[:, :, None]).sum(axis=2)
+    return k - at_most_hi, (at_most_hi > below_lo).any(axis=1)
 
 
 # One decided matrix: (ranks at each factor of the rule, sigma_min, sigma_max, tol, method).
@@ -211,6 +222,13 @@ def _certificate_pays(count: int, k: int) -> bool:
     return k >= _CERTIFY_MIN_K and count * float(k) ** 3 >= _CERTIFY_MIN_WORK
 
 
+def _svd_max_work(m: int, n: int, single: bool) -> float:
+    """The m n k up to which the reference SVD is the cheapest path, given whether a float32 Gram can serve."""
+    if not single:
+        return _SVD_MAX_WORK_FLOAT64
+    return _SVD_MAX_WORK_TALL if m > n else _SVD_MAX_WORK
+
+
 def _likely_deficient(m: int, n: int, rule: Rule) -> bool:
     """Random weights of this shape expect >= 0.5 singular values under the largest tolerance."""
     return rule.atol == 0 and expected_random_count(m, n, rule.rtol * max(rule.factors)) >= 0.5
@@ -225,8 +243,9 @@ def decide_batch(batch: Tensor, rule: Rule, keep_row_grams: bool = False) -> tup
     """
     bsz, m, n = batch.shape
     k, big = min(m, n), max(m, n)
-    if m * n * k <= (_SVD_MAX_WORK_TALL if m > n else _SVD_MAX_WORK):  # the reference itself (row cosines
-        # then use their own product)
+    single = _float32_pays(batch, k, big)
+    if m * n * k <= _svd_max_work(m, n, single):  # the reference itself (row cosines then use their own
+        # product)
         _check_finite(batch, batch.shape)
         return [_svd_decided(batch[i], rule) for i in range(bsz)], None
     decided: dict[int, Decided] = {}
@@ -234,10 +253,11 @@ def decide_batch(batch: Tensor, rule: Rule, keep_row_grams: bool = False) -> tup
     if keep_row_grams and m <= n:
         row_grams = torch.empty(bsz, k, k, dtype=torch.float64, device=batch.device)
     todo = list(range(bsz))
-    if _float32_pays(batch, k, big):
-        todo = _stage(batch, todo, rule, decided, row_grams, precise=False)
-    if todo:
-        _stage(batch, todo, rule, decided, row_grams, precise=True)
+    with blas_threads(big * k * k):  # one switch of scipy's thread pool for all of a small batch's calls
+        if single:
+            todo = _stage(batch, todo, rule, decided, row_grams, precise=False)
+        if todo:
+            _stage(batch, todo, rule, decided, row_grams, precise=True)
     return [decided[i] for i in range(bsz)], row_grams
 
 
@@ -247,12 +267,14 @@ def _stage(batch: Tensor, todo: list[int], rule: Rule, decided: dict[int, Decide
     _, m, n = batch.shape
     k = min(m, n)
     sub = batch if len(todo) == batch.shape[0] else batch[todo]  # indexing would copy the whole batch
-    grams, frob2, delta = gram(sub, single=not precise)  # (R, k, k) float64 (float32 if not precise), (R,), (R,)
+    eigen_only = not precise and not _certificate_pays(len(todo), k)  # a float32 eigensolve on the float32 Grams
+    # (R, k, k) float64 (float32 if not precise; only the upper triangles for the eigensolve), (R,), (R,)
+    grams, frob2, delta = gram(sub, single=not precise, full=not eigen_only or row_grams is not None)
     _check_finite(frob2, batch.shape)
     if row_grams is not None:
         row_grams[todo] = grams.double()
     left, cert = list(range(len(todo))), None
-    if not precise and not _certificate_pays(len(todo), k):  # a float32 eigensolve on the float32 Grams
+    if eigen_only:
         return _eigen(batch, todo, grams, delta, rule, decided, single=True)
     grams = grams.double()  # exact; a no-op for the float64 stage
     if _certificate_pays(len(todo), k):
@@ -284,16 +306,17 @@ def _deflate(batch: Tensor, todo: list[int], left: list[int], state: tuple, rule
         if not bool(cert.upper_ok[j]):
             rest.append(j)
             continue
-        theta, upper = cert.theta[j : j + 1], cert.upper[j : j + 1]
-        bands = [(float(lo), float(hi)) for lo, hi in _bands(theta, upper, delta[j : j + 1], rule, k)]
-        found = deflated_ranks(grams[j], bands, float(frob2[j]), float(upper))
+        theta, upper = cert.theta[j : j + 1].cpu().numpy(), cert.upper[j : j + 1].cpu().numpy()
+        lo, hi = _bands(theta, upper, delta[j : j + 1].cpu().numpy(), rule, k)
+        bands = list(zip(lo[0].tolist(), hi[0].tolist(), strict=True))
+        found = deflated_ranks(grams[j], bands, float(frob2[j]), float(upper[0]))
         if found == "borderline":
             decided[todo[j]] = _svd_decided(batch[todo[j]], rule)
         elif found is None:
             rest.append(j)
         else:
             ranks, s_min = found
-            s_max = math.sqrt(float(theta))
+            s_max = math.sqrt(float(theta[0]))
             decided[todo[j]] = (tuple(ranks), s_min, s_max, rule.tol(s_max), "deflation")
     return rest
 
@@ -307,23 +330,23 @@ def _eigen(batch: Tensor, idx: list[int], grams: Tensor, delta: Tensor, rule: Ru
            decided: dict[int, Decided], single: bool = False) -> list[int]:
     """The symmetric eigensolver on the Grams (R, k, k); returns the items of ``idx`` left undecided.
 
-    float64 Grams: every matrix is decided, a borderline one recomputed as the reference does.
-    ``single``: float32 Grams from ``gram(single=True)``, which a float32 solve sees exactly. A matrix is
-    decided only if every eigenvalue, widened by the Gram bound and the float32 solver's own error, lies
-    above the band at every factor: then its rank is k for the reference too. The rest is left to the
-    float64 stage. Their sigma_min and sigma_max are those of the float32 Gram (relative error about
-    1e-6 on these well-conditioned matrices, like the reference's own float32 SVD).
+    Only the upper triangles are read. float64 Grams: every matrix is decided, a borderline one recomputed
+    as the reference does. ``single``: float32 Grams from ``gram(single=True)``, which a float32 solve sees
+    exactly. A matrix is decided only if every eigenvalue, widened by the Gram bound and the float32
+    solver's own error, lies above the band at every factor: then its rank is k for the reference too.
+    The rest is left to the float64 stage. Their sigma_min and sigma_max are those of the float32 Gram
+    (relative error about 1e-6 on these well-conditioned matrices, like the reference's own float32 SVD).
     """
     k = grams.shape[-1]
-    eig = _eigvalsh32(grams).double() if single else torch.linalg.eigvalsh(grams)  # (R, k) ascending
+    eig = _eigvalsh32(grams) if single else torch.linalg.eigvalsh(grams, UPLO="U").cpu().numpy()  # (R, k) asc.
     # ||G_hat||_2 <= 2 * (computed lambda_max) for a backward-stable solver with p(k) u < 1/2.
-    delta = delta + eigensolver_error(2 * eig[:, -1].abs(), k, unit=2 * U32 if single else U64)
-    band_ranks, borderline = _band_decide(eig, delta, rule, k)
+    bound = delta.cpu().numpy() + eigensolver_error(2 * np.abs(eig[:, -1]), k, unit=2 * U32 if single else U64)
+    band_ranks, borderline = _band_decide(eig, bound, rule, k)
     if single:  # only full rank proven with room to spare
-        borderline = borderline | (band_ranks < k).any(dim=1)
+        borderline |= (band_ranks < k).any(axis=1)
     rest = []
     for j, i in enumerate(idx):
-        if bool(borderline[j]):
+        if borderline[j]:
             if single:
                 rest.append(i)
             else:
@@ -334,14 +357,15 @@ def _eigen(batch: Tensor, idx: list[int], grams: Tensor, delta: Tensor, rule: Ru
     return rest
 
 
-def _eigvalsh32(grams: Tensor) -> Tensor:
-    """Eigenvalues (R, k) of float32 symmetric matrices: from k = 192 on, scipy's LAPACK ``ssyev`` is
-    5-20% faster than torch's on one CPU thread (both backward stable, so the same error bound holds)."""
+def _eigvalsh32(grams: Tensor) -> np.ndarray:
+    """Eigenvalues (R, k), ascending, in float64, of float32 symmetric matrices given by their upper
+    triangles. From k = 192 on, scipy's LAPACK ``ssyev`` is 5-20% faster than torch's on one CPU thread,
+    and reading the upper triangle another 10% (both solvers are backward stable: the same bound holds)."""
     if grams.device.type != "cpu" or grams.shape[-1] < _SCIPY_EIGEN_MIN_K:
-        return torch.linalg.eigvalsh(grams)
+        return torch.linalg.eigvalsh(grams, UPLO="U").double().cpu().numpy()
     with blas_threads(0):  # its tridiagonal reduction is memory-bound: a second thread only contends
-        return torch.from_numpy(np.stack([scipy.linalg.eigh(g, eigvals_only=True, driver="ev",
-                                                            check_finite=False) for g in grams.numpy()]))
+        return np.stack([scipy.linalg.eigh(g, lower=False, eigvals_only=True, driver="ev", check_finite=False)
+                         for g in grams.numpy()]).astype(np.float64)
 
 
 class NonFiniteWeightsError(ValueError):

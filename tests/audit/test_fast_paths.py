@@ -131,13 +131,15 @@ def test_the_float32_eigensolve_refuses_what_it_cannot_prove(monkeypatch, name):
     assert ranks == reference_ranks(matrix)
 
 
-@pytest.mark.parametrize("shape", [(16, 9), (64, 27), (27, 64), (40, 120), (960, 25)])
+@pytest.mark.parametrize("shape", [(16, 9), (64, 27), (27, 64), (30, 100), (384, 25), (96, 96)])
 def test_tiny_matrices_take_the_reference_svd_and_report_its_sigmas(shape):
     gen = torch.Generator().manual_seed(9)
     matrix = torch.randn(*shape, generator=gen)
     matrix[0] = matrix[1]  # one exact collision: rank k - 1 for matrix_rank too
-    limit = decide._SVD_MAX_WORK_TALL if shape[0] > shape[1] else decide._SVD_MAX_WORK
-    assert shape[0] * shape[1] * min(shape) <= limit
+    m, n = shape
+    single = decide._float32_pays(matrix[None], min(shape), max(shape))
+    assert single == (shape != (96, 96))  # the square one could only take the float64 Gram
+    assert m * n * min(shape) <= decide._svd_max_work(m, n, single)
     ranks, method = engine_ranks(matrix)
     assert (ranks, method) == (reference_ranks(matrix), "svd")
     (info,) = ranks_of([matrix], cosines=False)

@@ -66,12 +66,12 @@ def test_near_threshold_singular_values_agree_with_matrix_rank(factor):
 
 
 def test_clear_cases_are_certified_by_the_gram_and_borderline_ones_use_the_svd():
-    # 80 x 200: large enough for the Gram path (tiny matrices go straight to the SVD).
-    rtol = 200 * torch.finfo(torch.float32).eps
-    sigma = torch.linspace(1.0, 0.3, 80, dtype=torch.float64)
-    assert rank_and_singular_values(_with_singular_values(sigma, 200, 2), rtol=rtol).method == "gram"
+    # 160 x 400 float64: large enough for the Gram path (small matrices go straight to the SVD).
+    rtol = 400 * torch.finfo(torch.float32).eps
+    sigma = torch.linspace(1.0, 0.3, 160, dtype=torch.float64)
+    assert rank_and_singular_values(_with_singular_values(sigma, 400, 2), rtol=rtol).method == "gram"
     sigma[-1] = rtol * (1 + 1e-9)
-    info = rank_and_singular_values(_with_singular_values(sigma, 200, 2), rtol=rtol)
+    info = rank_and_singular_values(_with_singular_values(sigma, 400, 2), rtol=rtol)
     assert info.method == "svd"
 
 
@@ -86,15 +86,16 @@ def test_rtol_and_atol_follow_matrix_rank_semantics():
 
 
 def test_singular_values_and_cosines_match_references():
-    # 80 x 80 float32: the float64 Gram path, whose sigmas carry float64 accuracy. Tiny matrices report the
-    # reference's own float32 SVD values and rectangles the float32 Gram's (both tested in test_fast_paths).
-    matrix = _with_singular_values(torch.linspace(3.0, 0.2, 80, dtype=torch.float64), 80, seed=5).float()
+    # 140 x 140 float32: the float64 Gram path, whose sigmas carry float64 accuracy. Small matrices report
+    # the reference's own float32 SVD values and rectangles the float32 Gram's (both tested in
+    # test_fast_paths).
+    matrix = _with_singular_values(torch.linspace(3.0, 0.2, 140, dtype=torch.float64), 140, seed=5).float()
     info = rank_and_singular_values(matrix)
     assert info.method == "gram"
     sigma = torch.linalg.svdvals(matrix.double())
     assert info.sigma_max == pytest.approx(float(sigma[0]), rel=1e-10)
     assert info.sigma_min == pytest.approx(float(sigma[-1]), rel=1e-8)
-    assert info.tol == pytest.approx(default_tolerance(80, 80, float(sigma[0])), rel=1e-10)
+    assert info.tol == pytest.approx(default_tolerance(140, 140, float(sigma[0])), rel=1e-10)
     for mat in (matrix, matrix.T.contiguous()):
         rows = torch.nn.functional.normalize(mat.double(), dim=1)
         cos = rows @ rows.T - 3 * torch.eye(mat.shape[0], dtype=torch.float64)
