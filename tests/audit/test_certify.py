@@ -97,3 +97,41 @@ def test_small_grams_run_scipys_blas_on_one_thread_and_give_the_count_back(monke
         monkeypatch.setattr(certify, "_PARALLEL_MIN_FLOPS", 1e6)  # now a "large" call keeps the pool
         certify.gram(torch.randn(1, 300, 700), single=True)
         assert seen[1] == before
+
+
+def test_one_thread_contexts_nest_and_the_outermost_gives_the_count_back():
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = _blas_threads()
+        with certify.blas_threads(0):
+            with certify.blas_threads(0):  # inner: no second switch
+                assert set(_blas_threads().values()) == {1}
+            with certify.blas_threads(1e12):  # a large call inside a small batch stays on one thread
+                assert set(_blas_threads().values()) == {1}
+            assert set(_blas_threads().values()) == {1}
+        assert _blas_threads() == before == {path: 2 for path in before}
+
+
+@pytest.mark.parametrize("shape", [(3, 150, 700), (1, 150, 700), (3, 700, 150), (2, 300, 1100)])
+def test_the_upper_triangle_gram_is_the_full_one_and_solvers_reading_it_agree(shape):
+    batch = torch.randn(*shape, generator=torch.Generator().manual_seed(11))
+    full, frob2, delta = gram(batch, single=True)
+    upper, frob2_u, delta_u = gram(batch, single=True, full=False)
+    assert torch.equal(full, full.mT) and torch.equal(torch.triu(upper), torch.triu(full))
+    assert not bool(torch.tril(upper, diagonal=-1).any())  # nothing below the diagonal to lean on
+    assert torch.equal(frob2, frob2_u) and torch.equal(delta, delta_u)
+    expected = torch.linalg.eigvalsh(full.double())  # (B, k) from the full symmetric Grams
+    got = torch.from_numpy(decide._eigvalsh32(upper))  # scipy (k >= 192) or torch, upper triangle only
+    norm = expected[:, -1:].abs()
+    assert float(((got - expected).abs() / norm).max()) < 1e-5
+
+
+def test_a_batch_is_decided_as_its_matrices_are_one_by_one():
+    gen = torch.Generator().manual_seed(12)
+    batch = torch.randn(3, 200, 600, generator=gen)
+    batch[1, 0] = batch[1, 1]  # one rank-deficient member: it leaves the float32 stage for the float64 one
+    rule = decide.Rule(600 * 2.0**-23, 0.0, (1.0, 10.0), 2.0**-23)
+    together, _ = decide.decide_batch(batch, rule)
+    alone = [decide.decide_batch(batch[i : i + 1], rule)[0][0] for i in range(3)]
+    assert together == alone
+    assert [d[0] for d in together] == [(200, 200), (199, 199), (200, 200)]
+    assert [d[-1] for d in together] == ["gram", "gram", "gram"]
