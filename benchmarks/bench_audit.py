@@ -12,6 +12,10 @@ disagreements are printed and make the exit status 1.
     python benchmarks/bench_audit.py --quick               # tv:resnet18, timm:deit_tiny (< 1 minute idle)
     python benchmarks/bench_audit.py                       # VGG-16, ViT-B/16 and the Table 1 set
     python benchmarks/bench_audit.py --models tv:vgg16 --repeats 5 --threads 2
+    python benchmarks/bench_audit.py --models tv:squeezenet1_1 --threads 1 --by-shape   # where the time goes
+
+``--by-shape`` also times each group of equal-shape matrices on its own (ours from a cold cache against
+the baseline's matrix_rank calls on the same matrices, median of ``--repeats`` interleaved pairs).
 """
 
 from __future__ import annotations
@@ -79,6 +83,36 @@ def bench(name: str, repeats: int) -> dict:
     return row
 
 
+def by_shape(name: str, repeats: int) -> None:
+    """Per group of equal-shape matrices: ours (one ranks_of call, cold cache) against matrix_rank."""
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    groups: dict[tuple[int, int], list[torch.Tensor]] = {}
+    with torch.no_grad():
+        for layer in iter_weight_layers(model):
+            matrix = layer_matrix(layer)
+            groups.setdefault(tuple(matrix.shape), []).append(matrix)
+    total_ours = total_base = 0.0
+    for shape, mats in sorted(groups.items(), key=lambda kv: -kv[0][0] * kv[0][1] * min(kv[0]) * len(kv[1])):
+        ours, base = [], []
+        for _ in range(repeats):
+            rank_engine._CACHE.clear()
+            start = time.perf_counter()
+            infos = rank_engine.ranks_of(mats, cosines=False)
+            ours.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            with torch.no_grad():
+                for matrix in mats:
+                    torch.linalg.matrix_rank(matrix)
+            base.append(time.perf_counter() - start)
+        o, b = statistics.median(ours), statistics.median(base)
+        total_ours, total_base = total_ours + o, total_base + b
+        paths = sorted({info.method for info in infos})
+        print(f"  {name} {shape[0]}x{shape[1]} x{len(mats)}: ours {_s(o)}, matrix_rank {_s(b)}, "
+              f"speed-up {b / o:.2f}x, path {'/'.join(paths)}")
+    print(f"  {name} sum over shapes: ours {_s(total_ours)}, matrix_rank {_s(total_base)}", flush=True)
+
+
 def _s(seconds: float) -> str:
     """Three significant digits: sub-second audits (SqueezeNet: 30 ms) need milliseconds."""
     return f"{seconds:.2f} s" if seconds >= 1 else f"{seconds * 1e3:.3g} ms"
@@ -95,6 +129,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help=f"small models only: {', '.join(QUICK_MODELS)}")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved (ours, baseline) pairs per model")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--by-shape", action="store_true",
+                        help="also time each group of equal-shape matrices on its own")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
@@ -106,7 +142,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     models = args.models or list(QUICK_MODELS if args.quick else FULL_MODELS)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} interleaved runs")
-    rows = [bench(name, args.repeats) for name in models]
+    rows = []
+    for name in models:
+        rows.append(bench(name, args.repeats))
+        if args.by_shape:
+            by_shape(name, args.repeats)
     worst = min(rows, key=lambda r: r["baseline"] / r["ours"])
     bad = sum(len(r["wrong"]) for r in rows)
     print(f"all: lowest speed-up {worst['baseline'] / worst['ours']:.2f}x ({worst['model']}), "
