@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 
 import numpy as np
 import torch
@@ -58,34 +59,40 @@ def blas_threads(flops: float) -> contextlib.AbstractContextManager:
     """A context running scipy's BLAS/LAPACK (the Grams' ``syrk``, the float32 eigensolver) on one thread
     for a call under ``_PARALLEL_MIN_FLOPS``; larger calls keep the library's own thread count.
 
-    Inside another such one-thread context it does nothing, so the rank engine opens one per batch.
+    The contexts nest and may overlap across threads: the first one to open switches the libraries to one
+    thread, the last one to close gives them their count back, and those in between cost a lock and a
+    counter (switching costs about 10 us, more than many of the small calls it wraps).
     """
-    global _BLAS_LIBRARIES
-    if flops >= _PARALLEL_MIN_FLOPS or _ONE_THREAD[0]:
+    if flops >= _PARALLEL_MIN_FLOPS:
         return contextlib.nullcontext()
-    if _BLAS_LIBRARIES is None:  # scanning the loaded libraries takes a few ms: once per process
-        _BLAS_LIBRARIES = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
-    return _one_thread(_BLAS_LIBRARIES)
+    return _one_thread()
 
 
-_BLAS_LIBRARIES: list | None = None  # threadpoolctl's controllers of the loaded BLAS libraries
-_ONE_THREAD = [0]  # depth of open one-thread contexts
+_ONE_THREAD_LOCK = threading.Lock()
+_one_thread_state: dict = {"depth": 0, "libraries": None, "saved": []}
 
 
 @contextlib.contextmanager
-def _one_thread(libraries: list):
-    # The libraries' own setters, not ThreadpoolController.limit: that one re-reads every library's
-    # state on entry (about 10 us, more than many of the small calls it wraps).
-    saved = [lib.get_num_threads() for lib in libraries]
-    for lib in libraries:
-        lib.set_num_threads(1)
-    _ONE_THREAD[0] += 1
+def _one_thread():
+    state = _one_thread_state
+    with _ONE_THREAD_LOCK:
+        if state["depth"] == 0:
+            if state["libraries"] is None:  # scanning the loaded libraries takes a few ms: once per process
+                state["libraries"] = [lib for lib in ThreadpoolController().lib_controllers
+                                      if lib.user_api == "blas"]
+            # The libraries' own setters, not ThreadpoolController.limit, which re-reads every library.
+            state["saved"] = [lib.get_num_threads() for lib in state["libraries"]]
+            for lib in state["libraries"]:
+                lib.set_num_threads(1)
+        state["depth"] += 1
     try:
         yield
     finally:
-        _ONE_THREAD[0] -= 1
-        for lib, count in zip(libraries, saved, strict=True):
-            lib.set_num_threads(count)
+        with _ONE_THREAD_LOCK:
+            state["depth"] -= 1
+            if state["depth"] == 0:
+                for lib, count in zip(state["libraries"], state["saved"], strict=True):
+                    lib.set_num_threads(count)
 
 
 def chunk_gamma(big: int, unit: float) -> float:
@@ -145,7 +152,8 @@ def _chunked_syrk(values: np.ndarray, wide: bool, big: int, syrk) -> np.ndarray:
         # tall: part (c, k) C-order, its .T is (k, c) F-order and trans=0 gives part.T @ part.
         part = values[:, start : start + CHUNK] if wide else values[start : start + CHUNK, :]
         fresh = syrk(1.0, part.T, trans=1 if wide else 0)  # upper triangle of a fresh (k, k) product
-        acc = fresh if acc is None else acc + fresh  # one rounding per chunk, in ``dtype``
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow shows as inf: the caller checks
+            acc = fresh if acc is None else acc + fresh  # one rounding per chunk, in ``dtype``
     return acc
 
 

@@ -30,6 +30,8 @@ def max_cosines(batch: Tensor, row_gram: Tensor | None) -> list[tuple[float | No
         best_abs = cos.abs().nan_to_num(nan=0.0).amax(dim=(1, 2))
     else:  # tall matrix: cosines need only float32 accuracy, so compute them in the weight's precision
         rows = batch.float()
+        # Scaled by the largest entry first: squares of entries beyond about 1e19 overflow float32.
+        rows = rows / rows.abs().amax(dim=2, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
         rows = rows / rows.norm(dim=2, keepdim=True).clamp_min(1e-30)  # (B, m, n)
         block = max(1, (64 * 2**20) // (4 * bsz * m))
         for start in range(0, m, block):

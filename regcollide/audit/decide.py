@@ -47,11 +47,11 @@ __all__ = ["Decided", "NonFiniteWeightsError", "Rule", "decide_batch"]
 _SCIPY_EIGEN_MIN_K = 192  # see _eigvalsh32
 # m n k up to which one reference SVD is cheaper than a Gram stage (whose fixed cost is about 0.07 ms),
 # measured on one thread. LAPACK starts a tall matrix's SVD with a QR, cheaper than the wide one's
-# bidiagonalization; matrices the float32 Gram cannot serve (square-ish ones) pay a float64 eigensolve,
-# which costs about as much as the SVD itself.
+# bidiagonalization; square-ish matrices, which the float32 Gram cannot serve, pay a float64
+# eigensolve, which costs about as much as the SVD itself.
 _SVD_MAX_WORK = 1e5
 _SVD_MAX_WORK_TALL = 2.5e5
-_SVD_MAX_WORK_FLOAT64 = 2e6
+_SVD_MAX_WORK_SQUARE = 2e6
 _CERTIFY_MIN_K = 129  # below this a batched eigensolve is as cheap as the certificate
 # The certificate's fixed cost (about 80 Lanczos steps in Python) is repaid once the eigensolves it saves,
 # about B k^3 flops at BLAS-2 speed, exceed it: B k^3 >= 4e8 (one 768 x 768 Gram, three of 512, ...).
@@ -201,7 +201,10 @@ def _band_decide(eig: np.ndarray, delta: np.ndarray, rule: Rule, k: int) -> tupl
     lo, hi = _bands(eig[:, -1], eig[:, -1], delta, rule, k)  # (B, F) each
     at_most_hi = (eig[:, None, :] <= hi[:, :, None]).sum(axis=2)  # (B, F)
     below_lo = (eig[:, None, :] < lo[:, :, None]).sum(axis=2)
-    return k - at_most_hi, (at_most_hi > below_lo).any(axis=1)
+    # A NaN (a solver failure) satisfies no comparison: it would count as above the band. Such a matrix
+    # is never decided here.
+    unusable = ~(np.isfinite(eig).all(axis=1) & np.isfinite(hi).all(axis=1))
+    return k - at_most_hi, (at_most_hi > below_lo).any(axis=1) | unusable
 
 
 # One decided matrix: (ranks at each factor of the rule, sigma_min, sigma_max, tol, method).
@@ -209,12 +212,15 @@ Decided = tuple[tuple[int, ...], float, float, float, str]
 
 
 def _float32_pays(batch: Tensor, k: int, big: int) -> bool:
-    """Whether a float32 Gram can plausibly certify full rank: its error bound gamma ||A||_F^2 must sit
-    well below lambda_min, which for i.i.d. weights is (1 - sqrt(k/N))^2 times the mean eigenvalue
-    ||A||_F^2 / k (Marchenko-Pastur). Square-ish matrices go straight to float64. CPU only (scipy BLAS)."""
-    if batch.device.type != "cpu" or batch.dtype != torch.float32:
-        return False
-    return chunk_gamma(big, U32) * k < 0.5 * (1 - math.sqrt(k / big)) ** 2
+    """Whether a float32 Gram can serve: float32 weights on the CPU (scipy's BLAS) that are not square-ish."""
+    return batch.device.type == "cpu" and batch.dtype == torch.float32 and not _square_ish(k, big)
+
+
+def _square_ish(k: int, big: int) -> bool:
+    """Whether a float32 Gram is too coarse for this shape: its error bound gamma ||A||_F^2 must sit well
+    below lambda_min, which for i.i.d. weights is (1 - sqrt(k/N))^2 times the mean eigenvalue
+    ||A||_F^2 / k (Marchenko-Pastur)."""
+    return chunk_gamma(big, U32) * k >= 0.5 * (1 - math.sqrt(k / big)) ** 2
 
 
 def _certificate_pays(count: int, k: int) -> bool:
@@ -222,10 +228,10 @@ def _certificate_pays(count: int, k: int) -> bool:
     return k >= _CERTIFY_MIN_K and count * float(k) ** 3 >= _CERTIFY_MIN_WORK
 
 
-def _svd_max_work(m: int, n: int, single: bool) -> float:
-    """The m n k up to which the reference SVD is the cheapest path, given whether a float32 Gram can serve."""
-    if not single:
-        return _SVD_MAX_WORK_FLOAT64
+def _svd_max_work(m: int, n: int) -> float:
+    """The m n k up to which the reference SVD is the cheapest path for an m x n matrix."""
+    if _square_ish(min(m, n), max(m, n)):  # their Gram stage ends in a float64 eigensolve
+        return _SVD_MAX_WORK_SQUARE
     return _SVD_MAX_WORK_TALL if m > n else _SVD_MAX_WORK
 
 
@@ -243,8 +249,7 @@ def decide_batch(batch: Tensor, rule: Rule, keep_row_grams: bool = False) -> tup
     """
     bsz, m, n = batch.shape
     k, big = min(m, n), max(m, n)
-    single = _float32_pays(batch, k, big)
-    if m * n * k <= _svd_max_work(m, n, single):  # the reference itself (row cosines then use their own
+    if m * n * k <= _svd_max_work(m, n):  # the reference itself (row cosines then use their own
         # product)
         _check_finite(batch, batch.shape)
         return [_svd_decided(batch[i], rule) for i in range(bsz)], None
@@ -254,7 +259,7 @@ def decide_batch(batch: Tensor, rule: Rule, keep_row_grams: bool = False) -> tup
         row_grams = torch.empty(bsz, k, k, dtype=torch.float64, device=batch.device)
     todo = list(range(bsz))
     with blas_threads(big * k * k):  # one switch of scipy's thread pool for all of a small batch's calls
-        if single:
+        if _float32_pays(batch, k, big):
             todo = _stage(batch, todo, rule, decided, row_grams, precise=False)
         if todo:
             _stage(batch, todo, rule, decided, row_grams, precise=True)
@@ -269,10 +274,12 @@ def _stage(batch: Tensor, todo: list[int], rule: Rule, decided: dict[int, Decide
     sub = batch if len(todo) == batch.shape[0] else batch[todo]  # indexing would copy the whole batch
     eigen_only = not precise and not _certificate_pays(len(todo), k)  # a float32 eigensolve on the float32 Grams
     # (R, k, k) float64 (float32 if not precise; only the upper triangles for the eigensolve), (R,), (R,)
-    grams, frob2, delta = gram(sub, single=not precise, full=not eigen_only or row_grams is not None)
+    grams, frob2, delta = gram(sub, single=not precise, full=not eigen_only)
+    if not precise and not bool(torch.isfinite(frob2).all()):
+        return todo  # float32 products overflow (entries beyond about 1e19): the float64 stage decides
     _check_finite(frob2, batch.shape)
     if row_grams is not None:
-        row_grams[todo] = grams.double()
+        row_grams[todo] = (grams.triu() + grams.triu(1).mT).double() if eigen_only else grams.double()
     left, cert = list(range(len(todo))), None
     if eigen_only:
         return _eigen(batch, todo, grams, delta, rule, decided, single=True)

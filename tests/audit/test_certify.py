@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from threadpoolctl import threadpool_info, threadpool_limits
@@ -135,3 +137,38 @@ def test_a_batch_is_decided_as_its_matrices_are_one_by_one():
     assert together == alone
     assert [d[0] for d in together] == [(200, 200), (199, 199), (200, 200)]
     assert [d[-1] for d in together] == ["gram", "gram", "gram"]
+
+
+def test_one_thread_contexts_overlapping_across_threads_keep_one_thread_until_the_last_closes(monkeypatch):
+    # The pools are process-wide: a context closing in one thread must not give the second thread back
+    # while another thread's context is still open. (Recorded on a stand-in library: OpenBLAS may ignore
+    # a thread count set from a thread other than the one that started it.)
+    class Library:
+        def __init__(self):
+            self.count, self.calls = 2, []
+
+        def get_num_threads(self):
+            return self.count
+
+        def set_num_threads(self, count):
+            self.count = count
+            self.calls.append(count)
+
+    library = Library()
+    monkeypatch.setitem(certify._one_thread_state, "libraries", [library])
+    entered, release = threading.Event(), threading.Event()
+
+    def worker():
+        with certify.blas_threads(0):
+            entered.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert entered.wait(10)
+    with certify.blas_threads(0):  # opened and closed while the worker's context is open
+        assert library.count == 1
+    assert library.count == 1  # the worker still runs on one thread
+    release.set()
+    thread.join(10)
+    assert library.count == 2 and library.calls == [1, 2]

@@ -137,9 +137,8 @@ def test_tiny_matrices_take_the_reference_svd_and_report_its_sigmas(shape):
     matrix = torch.randn(*shape, generator=gen)
     matrix[0] = matrix[1]  # one exact collision: rank k - 1 for matrix_rank too
     m, n = shape
-    single = decide._float32_pays(matrix[None], min(shape), max(shape))
-    assert single == (shape != (96, 96))  # the square one could only take the float64 Gram
-    assert m * n * min(shape) <= decide._svd_max_work(m, n, single)
+    assert decide._square_ish(min(shape), max(shape)) == (shape == (96, 96))  # only a float64 Gram for it
+    assert m * n * min(shape) <= decide._svd_max_work(m, n)
     ranks, method = engine_ranks(matrix)
     assert (ranks, method) == (reference_ranks(matrix), "svd")
     (info,) = ranks_of([matrix], cosines=False)
@@ -248,3 +247,35 @@ def test_reported_sigmas_of_a_large_certified_matrix_match_float64_svd():
     assert info.sigma_max == pytest.approx(float(sigma[0]), rel=1e-3)  # Lanczos after <= 40 steps
     assert info.sigma_max <= float(sigma[0]) * (1 + 1e-6)  # a Ritz value: from below, up to float32 storage
     assert info.sigma_min == pytest.approx(float(sigma[-1]), rel=1e-3)
+
+
+def test_rectangular_float64_weights_take_the_gram_and_agree():
+    # The float32 Gram is for float32 weights only, but a float64 rectangle still has a cheap float64
+    # Gram: only square-ish shapes (whose Gram ends in an eigensolve as dear as the SVD) take the SVD.
+    matrix = torch.randn(40, 1000, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    rank_engine._CACHE.clear()
+    (info,) = ranks_of([matrix], cosines=False)
+    assert (info.rank, info.method) == (int(torch.linalg.matrix_rank(matrix)), "gram")
+
+
+@pytest.mark.parametrize("shape", [(150, 700), (700, 150)])
+def test_finite_weights_too_large_for_float32_products_still_get_rank_and_cosines(shape):
+    # Entries near 1e20 are finite float32, but their squares overflow it: the float32 Gram must hand
+    # them to the float64 stage instead of calling the weights non-finite.
+    gen = torch.Generator().manual_seed(14)
+    matrix = torch.randn(*shape, generator=gen) * 1e20
+    matrix[:, 1] = 0.5 * matrix[:, 0]  # rank k - 1 however the matrix lies
+    matrix[1] = 0.5 * matrix[0]  # a collinear pair of rows: the largest cosine is 1
+    ranks, _ = engine_ranks(matrix)
+    assert ranks == reference_ranks(matrix) and ranks[0] == min(shape) - 1
+    rank_engine._CACHE.clear()
+    (info,) = ranks_of([matrix], cosines=True)
+    assert info.max_cosine == pytest.approx(1.0, abs=1e-6) and info.max_abs_cosine == pytest.approx(1.0, abs=1e-6)
+
+
+def test_nan_gram_eigenvalues_leave_the_matrix_undecided():
+    # A NaN from a failed solve satisfies no comparison, so it must not pass for "above the band".
+    rule = decide.Rule(1e-3, 0.0, (1.0, 10.0), EPS32)
+    eig = torch.tensor([[float("nan"), 1.0, 2.0], [0.5, 1.0, 2.0]], dtype=torch.float64).numpy()
+    ranks, borderline = decide._band_decide(eig, torch.zeros(2, dtype=torch.float64).numpy(), rule, 3)
+    assert borderline.tolist() == [True, False] and ranks[1].tolist() == [3, 3]
