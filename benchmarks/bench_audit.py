@@ -3,7 +3,11 @@
 Both run in the same process on the same weights (random init), interleaved (ours, baseline, ours,
 baseline, ...) so that load from other processes hits both alike; each model reports the median of
 ``--repeats`` pairs and every repeat prints the load average it ran under. ``--threads N`` sets torch's
-and scipy's BLAS thread counts (the engine's Grams go through scipy). "ours" is
+and scipy's BLAS thread counts (the engine's Grams go through scipy). The default, one thread, gives both
+sides one core: the like-for-like comparison. With more threads the baseline's LAPACK calls use them all
+while the engine keeps its small BLAS calls on one thread (two thread pools spinning on the same cores
+cost more than they gain), and the baseline's own time then varies by a third from run to run;
+``--threads 0`` leaves the libraries' own choice. "ours" is
 ``audit(..., cosines=False, sensitivity=False)`` from a cold cache: the ranks the baseline computes (plus
 sigma_min/sigma_max and the forward pass that finds W1); "ours+extras" adds row cosines and the tolerance
 sensitivity (once, not part of the ratio). Every layer's rank must agree with the baseline:
@@ -11,8 +15,8 @@ disagreements are printed and make the exit status 1.
 
     python benchmarks/bench_audit.py --quick               # tv:resnet18, timm:deit_tiny (< 1 minute idle)
     python benchmarks/bench_audit.py                       # VGG-16, ViT-B/16 and the Table 1 set
-    python benchmarks/bench_audit.py --models tv:vgg16 --repeats 5 --threads 2
-    python benchmarks/bench_audit.py --models tv:squeezenet1_1 --threads 1 --by-shape   # where the time goes
+    python benchmarks/bench_audit.py --models tv:vgg16 --repeats 5 --threads 0   # the libraries' own threads
+    python benchmarks/bench_audit.py --models tv:squeezenet1_1 --by-shape   # where the time goes
 
 ``--by-shape`` also times each group of equal-shape matrices on its own (ours from a cold cache against
 the baseline's matrix_rank calls on the same matrices, median of ``--repeats`` interleaved pairs).
@@ -128,12 +132,15 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=None, help="default: the full set (or --quick's)")
     parser.add_argument("--quick", action="store_true", help=f"small models only: {', '.join(QUICK_MODELS)}")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved (ours, baseline) pairs per model")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch and BLAS threads (default 1: one core each; 0: the libraries' own choice)")
     parser.add_argument("--by-shape", action="store_true",
                         help="also time each group of equal-shape matrices on its own")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
+    if args.threads < 0:
+        parser.error("--threads must be >= 0 (0: the libraries' own choice)")
     if args.threads and os.environ.get("OMP_NUM_THREADS") != str(args.threads):
         # scipy's OpenBLAS (the engine's syrk Grams) reads its thread count at import: restart with it set.
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "OPENBLAS_NUM_THREADS": str(args.threads)}
