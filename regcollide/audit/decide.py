@@ -275,9 +275,10 @@ def _stage(batch: Tensor, todo: list[int], rule: Rule, decided: dict[int, Decide
     eigen_only = not precise and not _certificate_pays(len(todo), k)  # a float32 eigensolve on the float32 Grams
     # (R, k, k) float64 (float32 if not precise; only the upper triangles for the eigensolve), (R,), (R,)
     grams, frob2, delta = gram(sub, single=not precise, full=not eigen_only)
-    if not precise and not bool(torch.isfinite(frob2).all()):
+    if precise:
+        _check_finite(frob2, batch.shape)
+    elif not bool(torch.isfinite(frob2).all()):
         return todo  # float32 products overflow (entries beyond about 1e19): the float64 stage decides
-    _check_finite(frob2, batch.shape)
     if row_grams is not None:
         row_grams[todo] = (grams.triu() + grams.triu(1).mT).double() if eigen_only else grams.double()
     left, cert = list(range(len(todo))), None

@@ -40,11 +40,12 @@ def layer_blocks(layer: WeightLayer, convention: str) -> list[Tensor]:
 
 
 def layer_stacks(layer: WeightLayer, convention: str) -> list[Tensor]:
-    """The layer's matrices as stacks ``(G, out, in)`` of equally shaped blocks (G groups, or 1)."""
+    """The layer's matrices: one ``(out, in)`` matrix (a view of the weight, so its gradient reaches the
+    weight without a copy), or a stack ``(G, out/g, in/g * prod(k))`` of a grouped layer's G blocks."""
     blocks = layer_matrix(layer, convention)
-    if isinstance(blocks, Tensor):
-        return [blocks.unsqueeze(0)]  # (1, out, in)
-    return [torch.stack(blocks)]  # (G, out/g, in/g * prod(k)): groups of one layer share a shape
+    if isinstance(blocks, Tensor) or len(blocks) == 1:
+        return [blocks if isinstance(blocks, Tensor) else blocks[0]]
+    return [torch.stack(blocks)]  # groups of one layer share a shape
 
 
 def smaller_gram(stack: Tensor) -> tuple[Tensor, bool]:

@@ -55,7 +55,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from regcollide.audit.matrices import WeightLayer, layer_matrix
+from regcollide.audit.matrices import WeightLayer
 from regcollide.regularizers.base import (
     Regularizer,
     check_positive,
@@ -66,7 +66,7 @@ from regcollide.regularizers.base import (
     zero_like,
 )
 from regcollide.regularizers.isotropy import tracked_isotropy_sum
-from regcollide.regularizers.selection import select_layers, smaller_gram
+from regcollide.regularizers.selection import layer_stacks, select_layers, smaller_gram
 from regcollide.regularizers.tracking import SingularTracker
 
 
@@ -202,10 +202,7 @@ class MinSingularValuePenalty(Regularizer):
                 raise ValueError(f"conv_operator='fft' needs the input size of {layer.name!r}: call "
                                  "reg.setup(model) before training and run a forward pass first")
             return [conv_operator_stack(layer.module, size)]
-        blocks = layer_matrix(layer, self.convention)  # a matrix, or a list of group blocks
-        if isinstance(blocks, Tensor) or len(blocks) == 1:
-            return [blocks if isinstance(blocks, Tensor) else blocks[0]]  # (m, n), a view of the weight
-        return [torch.stack(blocks)]  # (G, m, n): the blocks of one layer share a shape
+        return layer_stacks(layer, self.convention)
 
     def __call__(self, model: nn.Module, batch: dict[str, Tensor], outputs: Tensor) -> Tensor:
         return lazy_term(self, self.lazy_every, lambda scale: self._penalty(model, outputs, scale))
